@@ -1,0 +1,76 @@
+# One target per job. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+VENV := .venv
+PY := $(VENV)/bin/python
+# uv from PATH, else a pinned copy bootstrapped into .local/tools (needs only python3 with venv).
+UV := $(or $(shell command -v uv 2>/dev/null),.local/tools/bin/uv)
+export COMPOSE_BAKE := false
+
+.PHONY: help env venv demo up down logs local-demo local-up local-down local-status local-restart-model \
+        test lint format bench clean
+
+help: ## show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
+
+env: ## create .env with fresh secrets (never overwrites an existing one)
+	@python3 scripts/make_env.py
+
+.local/tools/bin/uv:
+	python3 -m venv .local/tools
+	.local/tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+venv: $(VENV)/.synced ## create/refresh the local environment from uv.lock
+
+# --- Docker Compose --------------------------------------------------------------------------------
+demo: env ## compose: build, start, train, serve, and print the seed's prediction
+	python3 scripts/demo.py compose
+
+up: env ## compose: start the stack and wait until it is healthy (model-server waits for a run ID)
+	docker compose up -d --build --wait mlflow-server airflow-webserver airflow-scheduler airflow-dag-processor
+	docker compose up -d --no-build model-server
+
+down: ## compose: stop the stack (volumes, i.e. runs, models and history, are kept)
+	docker compose down
+
+logs: ## compose: follow the logs
+	docker compose logs -f
+
+clean: ## compose: remove this project's containers, volumes and images (asks first)
+	./clean_disk.sh
+
+# --- Local mode (no Docker) ------------------------------------------------------------------------
+local-demo: env venv ## local: the same flow as `make demo`, as local processes
+	$(PY) scripts/demo.py local
+
+local-up: env venv ## local: start the stack and wait until it answers
+	$(PY) scripts/local.py up
+
+local-down: ## local: stop every process local mode started
+	@if [ -x $(PY) ]; then $(PY) scripts/local.py down; fi
+
+local-status: ## local: show each service's state
+	$(PY) scripts/local.py status
+
+local-restart-model: ## local: restart the model-server (after ./update_run_id.sh)
+	$(PY) scripts/local.py restart model-server
+
+# --- Quality ---------------------------------------------------------------------------------------
+lint: venv ## ruff, shellcheck and hadolint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/shellcheck update_run_id.sh clean_disk.sh airflow/*.sh mlflow/*.sh tests/*.sh .ci/run
+	$(VENV)/bin/hadolint airflow/Dockerfile mlflow/Dockerfile
+
+format: venv ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv lint ## lint, then every test (the compose suite needs a Docker engine; REQUIRE_DOCKER=1 makes that strict)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Reset the stack: remove this compose project's containers, networks, volumes (runs, models, Airflow history)
+# and images. Nothing of other projects is touched: no host-wide `docker system prune`.
+#
+# Usage: ./clean_disk.sh [--yes] [-h]
+#   --yes   do not ask for confirmation
+#   COMPOSE_PROJECT_NAME selects another project of this compose file (as for docker compose itself).
+set -euo pipefail
+
+usage() { sed -n '5,7s/^# \{0,1\}//p' "$0"; }
+assume_yes=0
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    -y | --yes) assume_yes=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "clean_disk: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")"
+command -v docker >/dev/null || { echo "clean_disk: docker is not installed" >&2; exit 1; }
+docker info >/dev/null 2>&1 || { echo "clean_disk: no Docker engine answers (docker info failed)" >&2; exit 1; }
+
+# Secrets are irrelevant to removing things, but the compose file refuses to load without them (e.g. when
+# .env is already gone): give placeholders to this process only.
+export FERNET_KEY="${FERNET_KEY:-unused}" AIRFLOW_JWT_SECRET="${AIRFLOW_JWT_SECRET:-unused}" \
+  AIRFLOW_SECRET_KEY="${AIRFLOW_SECRET_KEY:-unused}" AIRFLOW_ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-unused}"
+
+project=$(docker compose config --format json | grep -m1 -o '"name": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
+[ -n "$project" ] || { echo "clean_disk: could not determine the compose project name" >&2; exit 1; }
+label="com.docker.compose.project=$project"
+
+containers=$(docker ps -a --filter "label=$label" --format '{{.Names}}')
+volumes=$(docker volume ls -q --filter "label=$label")
+networks=$(docker network ls -q --filter "label=$label" --format '{{.Name}}')
+images=$(docker compose config --images | sort -u | while read -r image; do
+  docker image inspect "$image" >/dev/null 2>&1 && echo "$image"; done || true)
+
+list() { [ -n "$2" ] || return 0; printf '  %s:\n' "$1"; printf '%s\n' "$2" | sed 's/^/    /'; }
+if [ -z "$containers$volumes$networks$images" ]; then
+  echo "clean_disk: nothing to remove for project '$project'."
+  exit 0
+fi
+echo "clean_disk: project '$project' has:"
+list containers "$containers"
+list volumes "$volumes"
+list networks "$networks"
+list images "$images"
+echo "  Volumes hold every MLflow run and model and the Airflow history: removing them is a full reset."
+
+if [ "$assume_yes" -ne 1 ]; then
+  if [ ! -t 0 ]; then
+    echo "clean_disk: not a terminal; re-run with --yes to confirm" >&2
+    exit 1
+  fi
+  read -r -p "Remove all of the above? [y/N] " answer
+  case "$answer" in
+    y | Y | yes | YES) ;;
+    *) echo "clean_disk: nothing removed."; exit 0 ;;
+  esac
+fi
+
+docker compose down --volumes --rmi all --remove-orphans --timeout 20
+# Leftover build stages of this project's Dockerfiles (dangling, labelled by them), not anyone else's images.
+docker image prune --force --filter "label=org.mlops-pipeline.stage=builder" >/dev/null
+echo "clean_disk: removed project '$project' (containers, networks, volumes, images)."

@@ -1,0 +1,173 @@
+"""The seed's whole flow in one command, on Docker Compose or in local mode.
+
+Usage: python scripts/demo.py compose|local
+
+Standard library only, so `make demo` needs nothing on the host but Docker and python3.
+
+Start the stack, trigger mlops_pipeline through Airflow's REST API and wait for it, run ./update_run_id.sh,
+recreate the model-server, and print its answer to the seed's payload. The stack keeps running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stackenv import ROOT, SettingsError, read_env_file  # noqa: E402
+
+DAG_ID = "mlops_pipeline"
+SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+# Every long-running service except model-server, which stays unhealthy until a run ID exists.
+COMPOSE_CORE = ["mlflow-server", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor"]
+
+
+def http(method: str, url: str, body: object = None, headers: dict[str, str] | None = None) -> tuple[int, object]:
+    """One JSON request; returns (status, decoded body). Raises OSError when nothing answers."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own http:// URLs
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else {}
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+class Airflow:
+    """The few calls of Airflow 3's REST API (/api/v2) the flow needs, authenticated with a JWT."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base = base_url.rstrip("/")
+        status, body = http("POST", f"{self.base}/auth/token", {"username": username, "password": password})
+        if status in (401, 403):
+            raise SystemExit(f"demo: Airflow refused the login of '{username}' (HTTP {status})")
+        if status >= 300 or not isinstance(body, dict):
+            raise SystemExit(f"demo: Airflow's /auth/token answered HTTP {status}: {body}")
+        self.headers = {"Authorization": f"Bearer {body['access_token']}"}
+
+    def call(self, method: str, path: str, body: object = None, ok: tuple[int, ...] = (200, 201)) -> dict:
+        status, answer = http(method, f"{self.base}/api/v2{path}", body, self.headers)
+        if status not in ok:
+            raise SystemExit(f"demo: {method} /api/v2{path} answered HTTP {status}: {answer}")
+        return answer if isinstance(answer, dict) else {}
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """The dag-processor parses new files within seconds of starting; wait until the DAG is known."""
+        deadline = time.monotonic() + timeout
+        while http("GET", f"{self.base}/api/v2/dags/{dag_id}", headers=self.headers)[0] != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: Airflow does not know the DAG {dag_id} after {timeout:.0f} s")
+            time.sleep(2)
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        self.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        run = self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900, progress: bool = True) -> str:
+        started, last = time.monotonic(), None
+        while time.monotonic() - started < timeout:
+            state = self.call("GET", f"/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id)}")["state"]
+            if progress and state != last:
+                print(f"  [{time.monotonic() - started:5.0f} s] {dag_id} is {state}", flush=True)
+                last = state
+            if state in ("success", "failed"):
+                return state
+            time.sleep(2)
+        raise SystemExit(f"demo: {dag_id} run {run_id} did not finish within {timeout:.0f} s")
+
+
+def wait_http(url: str, what: str, timeout: float = 180) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if http("GET", url)[0] == 200:
+                print(f"  {what} answers ({time.monotonic() - started:.0f} s)", flush=True)
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"demo: {what} did not answer {url} within {timeout:.0f} s")
+
+
+def run(cmd: list[str], **kwargs: object) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["compose", "local"])
+    args = parser.parse_args(argv)
+    env_file = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
+    python = sys.executable
+
+    try:
+        cfg = {**read_env_file(env_file), **os.environ}
+    except FileNotFoundError:
+        raise SystemExit(f"demo: {env_file} does not exist: run 'make env' first") from None
+    host = "127.0.0.1"
+    airflow_url = f"http://{host}:{cfg.get('AIRFLOW_PORT') or 8080}"
+    mlflow_url = f"http://{host}:{cfg.get('MLFLOW_PORT') or 5000}"
+    model_url = f"http://{host}:{cfg.get('MODEL_SERVER_PORT') or 5001}"
+
+    print(f"== 1/5 start the stack ({args.mode})", flush=True)
+    if args.mode == "compose":
+        run(["docker", "compose", "up", "-d", "--build", "--wait", *COMPOSE_CORE])
+        run(["docker", "compose", "up", "-d", "--no-build", "model-server"])
+    else:
+        try:
+            run([python, "scripts/local.py", "up"])
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(exc.returncode) from None
+
+    print(f"== 2/5 trigger {DAG_ID} through Airflow's REST API and wait", flush=True)
+    airflow = Airflow(airflow_url, cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", cfg["AIRFLOW_ADMIN_PASSWORD"])
+    airflow.wait_for_dag(DAG_ID)
+    dag_run = airflow.trigger(DAG_ID)
+    if airflow.wait_for_run(DAG_ID, dag_run) != "success":
+        raise SystemExit(f"demo: {DAG_ID} failed; open {airflow_url} and read the task log")
+
+    print("== 3/5 point the model-server at the new run", flush=True)
+    run(["./update_run_id.sh", "--env-file", str(env_file)])
+
+    print("== 4/5 recreate the model-server", flush=True)
+    if args.mode == "compose":
+        run(["docker", "compose", "up", "-d", "--no-build", "--wait", "model-server"])
+    else:
+        run([python, "scripts/local.py", "restart", "model-server"])
+    wait_http(f"{model_url}/ping", "model-server")
+
+    print("== 5/5 the seed's prediction call", flush=True)
+    print(f"$ curl -X POST {model_url}/invocations -H 'Content-Type: application/json' -d '{json.dumps(SEED_PAYLOAD)}'")
+    status, answer = http("POST", f"{model_url}/invocations", SEED_PAYLOAD)
+    print(json.dumps(answer), flush=True)
+    if status != 200:
+        raise SystemExit(f"demo: the model-server answered HTTP {status}")
+
+    user = cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin"
+    print(f"\nThe stack keeps running ({'make down' if args.mode == 'compose' else 'make local-down'} stops it):")
+    print(f"  Airflow UI    {airflow_url}   (login: {user}, password: AIRFLOW_ADMIN_PASSWORD in {env_file.name})")
+    print(f"  MLflow UI     {mlflow_url}")
+    print(f"  Model server  {model_url}/invocations")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SettingsError as exc:
+        sys.exit(f"demo: {exc}")

@@ -1,0 +1,220 @@
+"""Local mode: the compose stack's services as local processes, managed by supervisord (no Docker needed).
+
+Usage: python scripts/local.py up | down | status | restart SERVICE | exec SERVICE
+
+Each service runs with the command and environment of its docker-compose.yml service (read from that file),
+with container paths and host names mapped to this checkout. State (databases, artifacts, logs, pids) lives
+in one folder, .local/ by default (LOCAL_STATE_DIR). Settings come from .env (ENV_FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stackenv import ROOT, SettingsError, compose_services, settings  # noqa: E402
+
+ENV_FILE = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
+STATE = Path(os.environ.get("LOCAL_STATE_DIR", ROOT / ".local")).resolve()
+VENV_BIN = Path(sys.executable).parent
+LONG_RUNNING = ["mlflow-server", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor", "model-server"]
+AIRFLOW_SERVICES = {"airflow-init", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor"}
+# Where the images keep the scripts, and where they are in this checkout.
+PATH_MAP = {"/opt/airflow/bin/": ROOT / "airflow", "/opt/mlflow/bin/": ROOT / "mlflow"}
+
+
+def ports(cfg: dict[str, str]) -> dict[str, int]:
+    airflow = int(cfg.get("AIRFLOW_PORT") or 8080)
+    return {
+        "airflow": airflow,
+        "mlflow": int(cfg.get("MLFLOW_PORT") or 5000),
+        "model": int(cfg.get("MODEL_SERVER_PORT") or 5001),
+        # Inside containers these are fixed (8793, 8974) and unpublished; locally they would clash between two
+        # stacks on one host, so they follow the Airflow port (8080 -> 8793 and 8974, as in containers).
+        "log_server": airflow + 713,
+        "scheduler_health": airflow + 894,
+    }
+
+
+def local_overrides(service: str, cfg: dict[str, str]) -> dict[str, str]:
+    """Container paths and service host names -> this machine. Everything else is the compose file's."""
+    p = ports(cfg)
+    mlflow_uri = f"http://127.0.0.1:{p['mlflow']}"
+    if service in AIRFLOW_SERVICES:
+        return {
+            "AIRFLOW_HOME": str(STATE / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow" / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{STATE}/airflow/airflow.db",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{p['airflow']}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(p["airflow"]),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(p["log_server"]),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(p["scheduler_health"]),
+            "MLFLOW_TRACKING_URI": mlflow_uri,
+        }
+    if service == "mlflow-server":
+        return {"MLFLOW_DATA_DIR": str(STATE / "mlruns"), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(p["mlflow"])}
+    if service == "model-server":
+        return {
+            "MLFLOW_TRACKING_URI": mlflow_uri,
+            "MODEL_SERVER_HOST": "127.0.0.1",
+            "MODEL_SERVER_PORT": str(p["model"]),
+        }
+    return {}
+
+
+def command_and_env(service: str) -> tuple[list[str], dict[str, str]]:
+    cfg = settings(ENV_FILE)
+    spec = compose_services(cfg)[service]
+    command = [str(c) for c in spec["command"]]
+    for prefix, local_dir in PATH_MAP.items():
+        command = [str(local_dir / c[len(prefix) :]) if c.startswith(prefix) else c for c in command]
+    if service in AIRFLOW_SERVICES:  # the Airflow image's ENTRYPOINT
+        command = [str(ROOT / "airflow" / "entrypoint.sh"), *command]
+    env = {**os.environ, **{k: str(v) for k, v in (spec.get("environment") or {}).items()}}
+    env.update(local_overrides(service, cfg))
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # `mlflow models serve` needs uvicorn on PATH
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return command, env
+
+
+def supervisor_conf() -> Path:
+    conf = STATE / "supervisord.conf"
+    programs = []
+    for name in LONG_RUNNING:
+        programs.append(
+            f"[program:{name}]\n"
+            f"command={shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} exec {name}\n"
+            f"directory={ROOT}\n"
+            "autostart=false\nautorestart=true\nstartsecs=3\nstopwaitsecs=20\n"
+            "stopasgroup=true\nkillasgroup=true\nredirect_stderr=true\n"
+            f"stdout_logfile={STATE}/logs/{name}.log\nstdout_logfile_maxbytes=10MB\nstdout_logfile_backups=1\n"
+        )
+    conf.write_text(
+        "[unix_http_server]\n"
+        f"file={STATE}/supervisor.sock\nchmod=0700\n\n"
+        "[supervisord]\n"
+        f"logfile={STATE}/logs/supervisord.log\npidfile={STATE}/supervisord.pid\n"
+        f"childlogdir={STATE}/logs\n"
+        f"environment=ENV_FILE={shlex.quote(str(ENV_FILE))},LOCAL_STATE_DIR={shlex.quote(str(STATE))}\n\n"
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+        "[supervisorctl]\n"
+        f"serverurl=unix://{STATE}/supervisor.sock\n\n" + "\n".join(programs)
+    )
+    return conf
+
+
+def supervisorctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "supervisorctl"), "-c", str(STATE / "supervisord.conf"), *args],
+        check=check,
+        text=True,
+        capture_output=True,
+    )
+
+
+def supervisord_pid() -> int | None:
+    try:
+        pid = int((STATE / "supervisord.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def wait_http(name: str, url: str, timeout: float = 180.0) -> None:
+    deadline, started = time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=3).ok:
+                print(f"  {name} is up ({time.monotonic() - started:.0f} s)", flush=True)
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"local: {name} did not answer {url} within {timeout:.0f} s; see {STATE}/logs/{name}.log")
+
+
+def up() -> None:
+    cfg = settings(ENV_FILE)
+    p = ports(cfg)
+    for sub in ("logs", "airflow", "mlruns"):
+        (STATE / sub).mkdir(parents=True, exist_ok=True)
+    if supervisord_pid() is None:
+        subprocess.run([str(VENV_BIN / "supervisord"), "-c", str(supervisor_conf())], check=True)
+        for _ in range(50):
+            if supervisorctl("status", check=False).returncode in (0, 3):
+                break
+            time.sleep(0.2)
+    print(f"local: starting the stack (state in {STATE}, logs in {STATE}/logs)", flush=True)
+    supervisorctl("start", "mlflow-server", check=False)
+    init_cmd, init_env = command_and_env("airflow-init")
+    with open(STATE / "logs" / "airflow-init.log", "w") as log:
+        if subprocess.run(init_cmd, env=init_env, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            raise SystemExit(f"local: airflow-init failed; see {STATE}/logs/airflow-init.log")
+    print("  airflow-init done (database migrated, admin user present)", flush=True)
+    supervisorctl("start", *LONG_RUNNING[1:], check=False)
+    wait_http("mlflow-server", f"http://127.0.0.1:{p['mlflow']}/health")
+    wait_http("airflow-webserver", f"http://127.0.0.1:{p['airflow']}/api/v2/monitor/health")
+    wait_http("airflow-scheduler", f"http://127.0.0.1:{p['scheduler_health']}/health")
+
+
+def down() -> None:
+    pid = supervisord_pid()
+    if pid is None:
+        print("local: not running")
+        return
+    supervisorctl("shutdown", check=False)  # stops every program (whole process groups), then itself
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and supervisord_pid() is not None:
+        time.sleep(0.5)
+    if supervisord_pid() is not None:
+        os.kill(pid, signal.SIGKILL)
+    print("local: stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("up", help="start every service and wait until it answers")
+    sub.add_parser("down", help="stop every process this folder's supervisord started")
+    sub.add_parser("status", help="show each service's state")
+    sub.add_parser("restart", help="restart one service").add_argument("service", choices=LONG_RUNNING)
+    sub.add_parser("exec", help="(used by supervisord) run one service in the foreground").add_argument(
+        "service", choices=[*LONG_RUNNING, "airflow-init"]
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "exec":
+            command, env = command_and_env(args.service)
+            os.execvpe(command[0], command, env)
+        elif args.action == "up":
+            up()
+        elif args.action == "down":
+            down()
+        elif args.action == "status":
+            if supervisord_pid() is None:
+                print("local: not running")
+                return 3
+            print(supervisorctl("status", check=False).stdout, end="")
+        elif args.action == "restart":
+            print(supervisorctl("restart", args.service, check=False).stdout, end="")
+    except SettingsError as exc:
+        print(f"local: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

