@@ -26,7 +26,10 @@ done
 
 [ -f "$env_file" ] || die "$env_file not found. Create it first: make env"
 [ -r "$env_file" ] || die "$env_file is not readable"
-[ -w "$env_file" ] || die "$env_file is read-only; make it writable (chmod u+w $env_file) or set LATEST_MODEL_RUN_ID by hand"
+# Read-only means read-only, even for root (who could write it anyway).
+if [ ! -w "$env_file" ] || [ -z "$(find "$env_file" -prune -perm -u+w)" ]; then
+  die "$env_file is read-only; make it writable (chmod u+w $env_file) or set LATEST_MODEL_RUN_ID by hand"
+fi
 
 # The last KEY=value in .env, without surrounding quotes or a trailing CR (the way docker compose reads it).
 env_value() {

@@ -1,0 +1,71 @@
+"""The whole local flow end to end, as `make local-demo` runs it, then `make local-down` leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import ROOT, free_port, make_env_file
+
+pytestmark = pytest.mark.local
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if (text in cmdline or text in environ) and str(os.getpid()) != proc.name:
+            found.append(f"{proc.name}: {cmdline[:120]}")
+    return found
+
+
+def test_local_demo_end_to_end(tmp_path: Path) -> None:
+    ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
+    env_file = make_env_file(tmp_path / ".env", **{k: str(v) for k, v in ports.items()})
+    state = tmp_path / "state"
+    env = {**os.environ, "ENV_FILE": str(env_file), "LOCAL_STATE_DIR": str(state)}
+    try:
+        demo = subprocess.run(
+            [sys.executable, "scripts/demo.py", "local"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+        )
+        print(demo.stdout[-3000:], demo.stderr[-3000:])
+        assert demo.returncode == 0
+        assert '{"predictions": [0]}' in demo.stdout
+        assert "mlops_pipeline is success" in demo.stdout
+
+        # The run ID the model-server serves was written into this .env by update_run_id.sh.
+        assert any(
+            line.startswith("LATEST_MODEL_RUN_ID=") and len(line.strip()) == len("LATEST_MODEL_RUN_ID=") + 32
+            for line in env_file.read_text().splitlines()
+        )
+        # Airflow's API refuses calls without credentials.
+        airflow = f"http://127.0.0.1:{ports['AIRFLOW_PORT']}"
+        assert requests.get(f"{airflow}/api/v2/dags", timeout=10).status_code == 401
+        # The seed's curl, once more, directly.
+        answer = requests.post(
+            f"http://127.0.0.1:{ports['MODEL_SERVER_PORT']}/invocations",
+            json={"inputs": [[5.1, 3.5, 1.4, 0.2]]},
+            timeout=30,
+        )
+        assert answer.json() == {"predictions": [0]}
+    finally:
+        down = subprocess.run(
+            [sys.executable, "scripts/local.py", "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert down.returncode == 0, down.stderr
+    assert processes_mentioning(str(state)) == []
+    assert all(port_is_free(p) for p in ports.values())

@@ -1,0 +1,46 @@
+"""`make env` (scripts/make_env.py): fresh secrets, every documented key, never overwrites."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT, make_env_file
+from stackenv import read_env_file
+
+SECRETS = ["FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD"]
+
+
+def test_creates_env_with_fresh_secrets_and_every_key(tmp_path) -> None:  # noqa: ANN001
+    a = read_env_file(make_env_file(tmp_path / "a.env"))
+    b = read_env_file(make_env_file(tmp_path / "b.env"))
+    example = read_env_file(ROOT / ".env.example")
+    assert set(a) == set(example)
+    for key in SECRETS:
+        assert a[key] not in ("", "changeme") and a[key] != b[key]
+    assert a["AIRFLOW_ADMIN_USERNAME"] == "admin"
+    from cryptography.fernet import Fernet
+
+    Fernet(a["FERNET_KEY"])  # a valid key, or this raises
+    assert (tmp_path / "a.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_prints_the_password_once_and_never_overwrites(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / ".env"
+    first = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/make_env.py"), "--env-file", str(path)], capture_output=True, text=True
+    )
+    password = read_env_file(path)["AIRFLOW_ADMIN_PASSWORD"]
+    assert password in first.stdout
+    before = path.read_bytes()
+    second = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/make_env.py"), "--env-file", str(path)], capture_output=True, text=True
+    )
+    assert second.returncode == 0 and "left untouched" in second.stdout and password not in second.stdout
+    assert path.read_bytes() == before
+
+
+def test_example_holds_only_placeholders() -> None:
+    example = read_env_file(ROOT / ".env.example")
+    for key in SECRETS:
+        assert example[key] == "changeme"
