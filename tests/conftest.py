@@ -63,7 +63,11 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [str(ROOT / "mlflow" / "tracking-server.sh")], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [str(ROOT / "mlflow" / "tracking-server.sh")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     try:

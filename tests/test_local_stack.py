@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from conftest import ROOT, free_port, make_env_file
 
 pytestmark = pytest.mark.local

@@ -7,8 +7,9 @@ import time
 import mlflow
 import numpy as np
 import pytest
-import train_model
 from mlflow.tracking import MlflowClient
+
+import train_model
 
 
 def test_run_logs_params_metrics_and_a_model(tracking_server: str, trained_run: str) -> None:

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
+
 import train_model
 from conftest import ROOT, free_port
-from mlflow.tracking import MlflowClient
 
 SCRIPT = ROOT / "update_run_id.sh"
 ODD_ENV = (

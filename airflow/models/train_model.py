@@ -118,9 +118,8 @@ def log_run(
     x_example: np.ndarray,
 ) -> str:
     """Log params, metrics and the model in the active experiment; return the run ID."""
-    from mlflow.models import infer_signature
-
     import mlflow
+    from mlflow.models import infer_signature
 
     # A numpy example gives a tensor signature, so the seed's {"inputs": [[...]]} payload is accepted.
     example = x_example[:5]

@@ -1,0 +1,246 @@
+"""The Docker Compose stack on a real engine, driven as a user drives it (the seed's flow, step by step).
+
+Runs under its own compose project name, image names, .env and host ports, so a user's stack is never touched.
+Tests run in file order and share one stack; each step needs the previous ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT, free_port, make_env_file
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from demo import COMPOSE_CORE, Airflow  # noqa: E402
+from stackenv import read_env_file  # noqa: E402
+
+pytestmark = pytest.mark.compose
+PROJECT = "mlopstest"
+SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+RESULTS = ROOT / "tests" / "artifacts" / "compose-results.json"
+
+
+def engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+if not engine_answers():
+    if os.environ.get("REQUIRE_DOCKER") == "1":
+        pytest.fail("REQUIRE_DOCKER=1 but no Docker engine with Compose v2 answers (run tests/engine.sh up)")
+    pytest.skip(
+        "no Docker engine with Compose v2 answers; REQUIRE_DOCKER=1 makes this a failure", allow_module_level=True
+    )
+
+
+class Stack:
+    """One compose project made for this test module."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
+        self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
+        self.env = {
+            **os.environ,
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_ENV_FILES": str(self.env_file),
+            "ENV_FILE": str(self.env_file),
+            "AIRFLOW_IMAGE": f"{PROJECT}-airflow:latest",
+            "MLFLOW_IMAGE": f"{PROJECT}-mlflow:latest",
+            "COMPOSE_BAKE": "false",
+        }
+        if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
+            self.env["DOCKER_BUILDKIT"] = "0"  # no buildx plugin: the classic builder still works
+        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
+        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
+        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+        self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(args), cwd=ROOT, env=self.env, check=check, capture_output=True, text=True, timeout=timeout
+        )
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        try:
+            return self.run("docker", "compose", *args, check=check, timeout=timeout)
+        except subprocess.CalledProcessError as exc:
+            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}") from None
+
+    def services(self) -> dict[str, dict]:
+        out = self.compose("ps", "-a", "--format", "json").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        if len(rows) == 1 and isinstance(rows[0], list):
+            rows = rows[0]
+        return {row["Service"]: row for row in rows}
+
+    def inspect(self, service: str) -> dict:
+        cid = self.compose("ps", "-a", "-q", service).stdout.strip()
+        return json.loads(self.run("docker", "inspect", cid).stdout)[0]
+
+    def airflow(self) -> Airflow:
+        cfg = read_env_file(self.env_file)
+        return Airflow(self.airflow_url, cfg["AIRFLOW_ADMIN_USERNAME"], cfg["AIRFLOW_ADMIN_PASSWORD"])
+
+    def wait_healthy(self, services: list[str], timeout: float = 240) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            health = {s: self.services().get(s, {}).get("Health") for s in services}
+            if all(h == "healthy" for h in health.values()):
+                return time.monotonic() - started
+            time.sleep(2)
+        raise AssertionError(f"not healthy after {timeout} s: {health}\n{self.compose('logs', '--tail', '40').stdout}")
+
+    def predict(self) -> dict:
+        return requests.post(f"{self.model_url}/invocations", json=SEED_PAYLOAD, timeout=30).json()
+
+    def finished_runs(self) -> list[dict]:
+        exp = requests.get(
+            f"{self.mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": "mlops_pipeline"},
+            timeout=10,
+        ).json()["experiment"]
+        body = {"experiment_ids": [exp["experiment_id"]], "filter": "attributes.status = 'FINISHED'"}
+        return requests.post(f"{self.mlflow_url}/api/2.0/mlflow/runs/search", json=body, timeout=10).json()["runs"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    s = Stack(tmp_path_factory.mktemp("compose"))
+    s.compose("down", "--volumes", "--remove-orphans", check=False)  # leftovers of an interrupted earlier run
+    yield s
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(s.results, indent=2) + "\n")
+    s.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+
+
+def test_1_up_builds_and_every_service_becomes_healthy(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.compose("build")
+    stack.results["build_s"] = round(time.monotonic() - started, 1)
+    started = time.monotonic()
+    stack.compose("up", "-d", "--build", "--wait", "--wait-timeout", "300", *COMPOSE_CORE)
+    stack.results["up_to_healthy_s"] = round(time.monotonic() - started, 1)
+    stack.compose("up", "-d", "--no-build", "model-server")
+    services = stack.services()
+    for one_shot in ("volume-init", "airflow-init"):
+        assert services[one_shot]["State"] == "exited" and services[one_shot]["ExitCode"] == 0, services[one_shot]
+    for name in COMPOSE_CORE:
+        assert services[name]["Health"] == "healthy", services[name]
+    stack.results["image_sizes_mb"] = {
+        image: round(int(stack.run("docker", "image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6)
+        for image in (stack.env["AIRFLOW_IMAGE"], stack.env["MLFLOW_IMAGE"])
+    }
+
+
+def test_2_model_server_waits_without_crash_looping(stack: Stack) -> None:
+    deadline = time.monotonic() + 60
+    while "LATEST_MODEL_RUN_ID is empty" not in (logs := stack.compose("logs", "model-server").stdout):
+        assert time.monotonic() < deadline, logs
+        time.sleep(2)
+    assert "./update_run_id.sh" in logs
+    state = stack.inspect("model-server")
+    assert state["State"]["Running"] and state["RestartCount"] == 0
+    assert state["State"].get("Health", {}).get("Status") in ("starting", "unhealthy")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{stack.model_url}/ping", timeout=5)
+
+
+def test_3_airflow_refuses_anonymous_calls_and_runs_the_dag(stack: Stack) -> None:
+    assert requests.get(f"{stack.airflow_url}/api/v2/dags", timeout=10).status_code == 401
+    airflow = stack.airflow()
+    airflow.wait_for_dag("mlops_pipeline")
+    started = time.monotonic()
+    run_id = airflow.trigger("mlops_pipeline")
+    assert airflow.wait_for_run("mlops_pipeline", run_id, timeout=600, progress=False) == "success"
+    stack.results["trigger_to_success_s"] = round(time.monotonic() - started, 1)
+
+
+def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> None:
+    runs = stack.finished_runs()
+    assert len(runs) == 1
+    run = runs[0]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert params["n_estimators"] == "100" and params["max_depth"] == "3"
+    assert metrics["accuracy"] >= 0.9
+    model_id = run["outputs"]["model_outputs"][0]["model_id"]
+    model = requests.get(f"{stack.mlflow_url}/api/2.0/mlflow/logged-models/{model_id}", timeout=10).json()["model"]
+    assert model["info"]["status"] == "LOGGED_MODEL_READY"
+    assert model["info"]["source_run_id"] == run["info"]["run_id"]
+
+
+def test_5_update_run_id_then_recreate_serves_the_seed_prediction(stack: Stack) -> None:
+    result = stack.run(str(ROOT / "update_run_id.sh"), check=False)
+    assert result.returncode == 0, result.stderr
+    run_id = stack.finished_runs()[0]["info"]["run_id"]
+    assert f"LATEST_MODEL_RUN_ID={run_id}" in stack.env_file.read_text()
+    started = time.monotonic()
+    stack.compose("up", "-d", "--no-build", "--wait", "model-server")
+    stack.results["model_server_recreate_to_healthy_s"] = round(time.monotonic() - started, 1)
+    assert stack.predict() == {"predictions": [0]}
+    stats = stack.run("docker", "stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}").stdout
+    stack.results["memory_after_dag_run"] = {
+        name.removeprefix(f"{PROJECT}-").removesuffix("-1"): usage.split(" / ")[0]
+        for name, usage in (line.split("\t") for line in stats.splitlines())
+        if name.startswith(f"{PROJECT}-")
+    }
+
+
+def _assert_state_survived(stack: Stack) -> None:
+    stack.wait_healthy([*COMPOSE_CORE, "model-server"])
+    assert len(stack.finished_runs()) == 1
+    airflow = stack.airflow()
+    runs = airflow.call("GET", "/dags/mlops_pipeline/dagRuns")
+    assert runs["total_entries"] == 1 and runs["dag_runs"][0]["state"] == "success"
+    assert stack.predict() == {"predictions": [0]}
+
+
+def test_6_restart_keeps_runs_history_and_the_served_model(stack: Stack) -> None:
+    stack.compose("restart", "--timeout", "20")
+    _assert_state_survived(stack)
+
+
+def test_7_down_without_volumes_then_up_keeps_everything(stack: Stack) -> None:
+    stack.compose("down", "--timeout", "20")
+    assert stack.services() == {}
+    stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300")
+    _assert_state_survived(stack)
+
+
+def test_8_clean_disk_removes_the_project_and_nothing_else(stack: Stack) -> None:
+    tag = f"keepme-{uuid.uuid4().hex[:8]}"
+    base = "python:3.11-slim-bookworm"
+    stack.run("docker", "volume", "create", tag)
+    stack.run("docker", "create", "--name", tag, base, "true")
+    stack.run("docker", "tag", base, f"{tag}:latest")
+    try:
+        result = stack.run(str(ROOT / "clean_disk.sh"), "--yes", check=False, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        label = f"label=com.docker.compose.project={PROJECT}"
+        assert stack.run("docker", "ps", "-aq", "--filter", label).stdout.strip() == ""
+        assert stack.run("docker", "volume", "ls", "-q", "--filter", label).stdout.strip() == ""
+        for image in (stack.env["AIRFLOW_IMAGE"], stack.env["MLFLOW_IMAGE"]):
+            assert stack.run("docker", "image", "inspect", image, check=False).returncode != 0, image
+        # What the test made outside the project is still there.
+        assert stack.run("docker", "volume", "inspect", tag, check=False).returncode == 0
+        assert stack.run("docker", "container", "inspect", tag, check=False).returncode == 0
+        assert stack.run("docker", "image", "inspect", f"{tag}:latest", check=False).returncode == 0
+        assert stack.run("docker", "image", "inspect", base, check=False).returncode == 0
+    finally:
+        stack.run("docker", "rm", "-f", tag, check=False)
+        stack.run("docker", "volume", "rm", tag, check=False)
+        stack.run("docker", "rmi", f"{tag}:latest", check=False)
