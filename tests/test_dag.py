@@ -30,8 +30,16 @@ def test_dag_shape(dagbag) -> None:  # noqa: ANN001
     assert set(dagbag.dags) == {"mlops_pipeline"}
     dag = dagbag.dags["mlops_pipeline"]
     assert type(dag.timetable).__name__ == "NullTimetable"  # manual: triggered from the UI, the REST API or make demo
-    assert [t.task_id for t in dag.tasks] == ["train_model"]
-    assert dag.get_task("train_model").retries >= 1
+    assert {t.task_id for t in dag.tasks} == {"check_data", "train", "evaluate", "register"}
+    downstream = {t.task_id: {d.task_id for d in t.downstream_list} for t in dag.tasks}
+    assert downstream == {
+        "check_data": {"train"},
+        "train": {"evaluate", "register"},
+        "evaluate": {"register"},
+        "register": set(),
+    }
+    for task_id in ("train", "evaluate", "register"):
+        assert dag.get_task(task_id).retries >= 1, task_id
 
 
 def test_parsing_does_not_import_heavy_libraries() -> None:

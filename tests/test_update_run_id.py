@@ -58,7 +58,7 @@ def experiment(tracking_server: str) -> tuple[str, str]:
     cfg = train_model.TrainConfig(n_estimators=5)
     x, y = train_model.load_data()
     model = train_model.train(x, y, cfg)
-    expected = train_model.log_run(model, cfg, {"accuracy": 1.0}, x)
+    expected = train_model.log_run(model, cfg, x, {"accuracy": 1.0})
     client = MlflowClient(tracking_server)
     exp_id = client.get_experiment_by_name(name).experiment_id
     time.sleep(0.01)

@@ -1,18 +1,32 @@
-"""mlops_pipeline: train the Iris RandomForest and log it to MLflow.
+"""mlops_pipeline: check the data, train an Iris RandomForest, evaluate it, register it and promote it if it
+passes the quality gate.
 
-A thin layer over airflow/models/train_model.py. The dag-processor re-parses this file every few seconds,
-so nothing heavy (mlflow, sklearn) is imported at module level, only inside the task.
+A thin layer over airflow/models/train_model.py. The dag-processor re-parses this file every few seconds, so
+nothing heavy (mlflow, sklearn) is imported at module level, only inside the tasks. Settings come from the
+environment (.env): MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, RF_N_ESTIMATORS, RF_MAX_DEPTH,
+REGISTERED_MODEL_NAME, MIN_ACCURACY.
 """
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 
 from airflow.sdk import dag, task
 
 # dags/ and models/ sit side by side, in the repository and in the containers (/opt/airflow/...).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def training() -> ModuleType:
+    """Import train_model (and with it mlflow and sklearn) only when a task runs."""
+    if str(MODELS_DIR) not in sys.path:
+        sys.path.insert(0, str(MODELS_DIR))
+    import train_model
+
+    return train_model
 
 
 @dag(
@@ -21,22 +35,43 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=15)},
     tags=["mlops", "iris"],
     doc_md=__doc__,
 )
 def mlops_pipeline() -> None:
-    @task(retries=2, retry_delay=timedelta(seconds=20))
-    def train_model() -> str:
-        """Train, evaluate and log; the returned run ID lands in XCom."""
-        import sys
+    @task(retries=0)  # bad data does not get better by retrying
+    def check_data() -> dict:
+        """Shape, no missing values, all three classes present."""
+        t = training()
+        return t.check_data(*t.load_data())
 
-        if str(MODELS_DIR) not in sys.path:
-            sys.path.insert(0, str(MODELS_DIR))
-        import train_model as training
+    @task
+    def train() -> str:
+        """Train on the training split and log params and the model; the run ID goes to XCom."""
+        t = training()
+        cfg = t.config_from_env()  # a bad RF_* setting fails here, naming it
+        t.connect()
+        return t.train_and_log(cfg)
 
-        return training.run()
+    @task
+    def evaluate(run_id: str) -> dict:
+        """Held-out accuracy, per-class precision/recall/F1, confusion matrix and feature importance."""
+        t = training()
+        t.connect()
+        return t.evaluate_run(run_id)
 
-    train_model()
+    @task
+    def register(run_id: str) -> dict:
+        """New version of the registered model; `champion` moves to it only if it passes the gate."""
+        t = training()
+        t.min_accuracy_from_env()  # fail fast on a bad MIN_ACCURACY
+        t.connect()
+        return t.register_and_promote(run_id)
+
+    run_id = train()
+    check_data() >> run_id
+    evaluate(run_id) >> register(run_id)
 
 
 mlops_pipeline()

@@ -1,0 +1,412 @@
+"""The README's UI walkthrough (step 6) in a real headless Chromium, against any running stack.
+
+Log into the Airflow UI, make sure `mlops_pipeline` is unpaused (the toggle), trigger it with the Trigger
+button, watch the run until it is green, then open the MLflow UI, find the MLflow run that this DAG run's
+`train` task logged, open its Artifacts tab and look at `confusion_matrix.png` (logged by `evaluate`).
+A screenshot is saved at every step.
+
+Everything a user does happens in the browser. The REST API is only read: the run's final state (to stop
+watching), its task states (for the failure message) and the `train` task's XCom (which MLflow run to look for).
+
+Usable from any suite (local mode, compose):
+
+    from ui_flow import require_chromium, run_ui_flow
+    require_chromium()  # skips (or fails with REQUIRE_BROWSER=1) when there is no browser
+    result = run_ui_flow(airflow_url, mlflow_url, "admin", password, shots_dir)
+
+Uses Debian's Chromium (`apt-get install chromium`), never a browser downloaded by Playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import requests
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+DAG_ID = "mlops_pipeline"
+EXPERIMENT = "mlops_pipeline"
+ARTIFACT = "confusion_matrix.png"
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+# Root, no GPU, closed network: no sandbox, and none of Chromium's own background traffic.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1600, "height": 1000}
+# A loaded 2-core machine renders slowly: generous per-action limits, bounded overall ones.
+ACTION_TIMEOUT_MS = 60_000
+NAVIGATION_TIMEOUT_MS = 120_000
+POLL_SECONDS = 3.0
+
+
+class UIFlowError(AssertionError):
+    """A step of the UI flow failed; the message names the step and the screenshot of the moment."""
+
+
+def chromium_unavailable_reason() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the Python package playwright is not installed (uv sync installs it with the dev group)"
+    return None
+
+
+def chromium_available() -> bool:
+    return chromium_unavailable_reason() is None
+
+
+def require_chromium() -> None:
+    """In a pytest test or fixture: skip without a browser, or fail when REQUIRE_BROWSER=1."""
+    import pytest
+
+    reason = chromium_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("REQUIRE_BROWSER") == "1":
+        pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+class _AirflowReader:
+    """Read-only calls to Airflow's REST API (/api/v2), authenticated with a JWT from /auth/token."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base = base_url.rstrip("/")
+        answer = requests.post(
+            f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=30
+        )
+        if answer.status_code >= 300:
+            raise UIFlowError(f"Airflow's /auth/token refused '{username}': HTTP {answer.status_code} {answer.text}")
+        self.headers = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.base}/api/v2{path}", headers=self.headers, timeout=30)
+
+    def run_path(self, dag_id: str, dag_run_id: str) -> str:
+        return f"/dags/{dag_id}/dagRuns/{quote(dag_run_id, safe='')}"
+
+    def dag_run(self, dag_id: str, dag_run_id: str) -> dict:
+        answer = self.get(self.run_path(dag_id, dag_run_id))
+        answer.raise_for_status()
+        return answer.json()
+
+    def task_states(self, dag_id: str, dag_run_id: str) -> dict[str, str | None]:
+        answer = self.get(f"{self.run_path(dag_id, dag_run_id)}/taskInstances")
+        answer.raise_for_status()
+        return {ti["task_id"]: ti["state"] for ti in answer.json()["task_instances"]}
+
+    def xcom(self, dag_id: str, dag_run_id: str, task_id: str) -> object:
+        answer = self.get(f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/xcomEntries/return_value")
+        if answer.status_code != 200:
+            raise UIFlowError(
+                f"no return value (XCom) of task {task_id} in {dag_id} run {dag_run_id}: "
+                f"HTTP {answer.status_code} {answer.text}"
+            )
+        return answer.json()["value"]
+
+
+def mlflow_run_id_from(value: object) -> str:
+    """The `train` task returns the MLflow run ID (a plain string; a dict with run_id is accepted too)."""
+    if isinstance(value, dict):
+        value = value.get("run_id") or value.get("mlflow_run_id")
+    text = str(value or "").strip().strip('"')
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise UIFlowError(f"the train task's return value is not an MLflow run ID: {value!r}")
+    return text
+
+
+class _Flow:
+    def __init__(self, browser: Browser, shots_dir: Path) -> None:
+        self.context = browser.new_context(viewport=VIEWPORT)
+        self.context.set_default_timeout(ACTION_TIMEOUT_MS)
+        self.context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
+        # Cosmetic only: MLflow 3 opens its assistant side panel on first load; keep the screenshots wide.
+        self.context.add_init_script("try { localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false') } catch {}")
+        self.page: Page = self.context.new_page()
+        self.shots_dir = shots_dir
+        self.shots: list[Path] = []
+        self.timings: dict[str, float] = {}
+
+    def shot(self, name: str) -> Path:
+        path = self.shots_dir / f"{len(self.shots) + 1:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=False)
+        self.shots.append(path)
+        return path
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        except Exception as exc:
+            try:
+                failure = self.shot(f"FAILED-{name}")
+                where = f"; screenshot {failure}, page {self.page.url}"
+            except Exception as shot_exc:  # noqa: BLE001 - the original error matters more
+                where = f"; no screenshot ({shot_exc})"
+            raise UIFlowError(f"UI step '{name}' failed after {time.monotonic() - started:.0f} s{where}: {exc}") from exc
+        self.timings[name] = round(time.monotonic() - started, 1)
+
+
+def _airflow_login(flow: _Flow, airflow_url: str, dag_id: str, username: str, password: str) -> None:
+    page = flow.page
+    page.goto(f"{airflow_url}/dags/{dag_id}")  # FAB redirects to /auth/login/?next=...
+    username_box = page.locator("input[name=username]")
+    username_box.wait_for(state="visible")
+    username_box.fill(username)
+    page.locator("input[name=password]").fill(password)
+    flow.shot("airflow-login")
+    page.locator("input[type=submit], button[type=submit]").first.click()
+    page.wait_for_url(lambda url: "/auth/login" not in url, timeout=ACTION_TIMEOUT_MS)
+
+
+def _airflow_open_dag(flow: _Flow, airflow_url: str, dag_id: str, timeout: float) -> None:
+    """The DAG page, once the dag-processor has parsed the file (right after `up` it may not have)."""
+    page = flow.page
+    if not page.url.rstrip("/").endswith(f"/dags/{dag_id}"):
+        page.goto(f"{airflow_url}/dags/{dag_id}")
+    deadline = time.monotonic() + timeout
+    toggle = page.get_by_test_id("toggle-pause")
+    while True:
+        try:
+            toggle.wait_for(state="visible", timeout=30_000)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise UIFlowError(f"the Airflow UI does not show the DAG {dag_id} after {timeout:.0f} s") from None
+            page.reload()
+    page.get_by_test_id("trigger-dag-button").wait_for(state="visible")
+    flow.shot("airflow-dag")
+
+
+def _airflow_unpause(flow: _Flow) -> bool:
+    """Click the pause toggle if the DAG is paused (checked = running). Returns whether it was paused."""
+    page = flow.page
+    toggle = page.get_by_test_id("toggle-pause")
+    if toggle.get_attribute("data-state") == "checked":
+        return False
+    toggle.click()
+    # With [webserver] require_confirmation_dag_change the UI asks first.
+    dialog = page.get_by_role("dialog")
+    deadline = time.monotonic() + ACTION_TIMEOUT_MS / 1000
+    while toggle.get_attribute("data-state") != "checked":
+        if dialog.count() and dialog.first.is_visible():
+            dialog.first.get_by_role("button", name=re.compile("confirm|unpause|yes", re.I)).first.click()
+        if time.monotonic() > deadline:
+            raise UIFlowError("the DAG is still paused after clicking its toggle")
+        time.sleep(0.5)
+    flow.shot("airflow-dag-unpaused")
+    return True
+
+
+def _airflow_trigger(flow: _Flow, dag_id: str) -> dict:
+    """Trigger button, then the dialog's Trigger: returns the DAG run the UI created (its POST's answer)."""
+    page = flow.page
+    page.get_by_test_id("trigger-dag-button").click()
+    submit = page.get_by_test_id("trigger-dag-submit")
+    submit.wait_for(state="visible")
+    flow.shot("airflow-trigger-dialog")
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.split("?")[0].endswith(f"/dags/{dag_id}/dagRuns")
+    ) as created:
+        submit.click()
+    answer = created.value
+    if not answer.ok:
+        raise UIFlowError(f"the UI's trigger request answered HTTP {answer.status}: {answer.text()}")
+    return answer.json()
+
+
+def _airflow_watch_run(
+    flow: _Flow, api: _AirflowReader, airflow_url: str, dag_id: str, dag_run_id: str, timeout: float
+) -> tuple[str, dict[str, str | None]]:
+    """Watch the run's page until the run is over; the REST API says when, the UI must agree."""
+    from playwright.sync_api import expect
+
+    page = flow.page
+    run_url = f"{airflow_url}/dags/{dag_id}/runs/{quote(dag_run_id, safe='')}"
+    if f"/runs/{dag_run_id}" not in page.url and f"/runs/{quote(dag_run_id, safe='')}" not in page.url:
+        page.goto(run_url)  # the UI opens the new run by itself; this is the fallback
+    badge = page.get_by_test_id("header-card").get_by_test_id("state-badge")
+    badge.wait_for(state="visible")
+    started, seen = time.monotonic(), set()
+    state = "queued"
+    while time.monotonic() - started < timeout:
+        state = api.dag_run(dag_id, dag_run_id)["state"]
+        shown = (badge.text_content() or "").strip().lower() if badge.count() else ""
+        if shown and shown not in seen:
+            seen.add(shown)
+            flow.shot(f"airflow-run-{re.sub(r'[^a-z]+', '-', shown)}")
+        if state in ("success", "failed"):
+            break
+        time.sleep(POLL_SECONDS)
+    else:
+        tasks = api.task_states(dag_id, dag_run_id)
+        raise UIFlowError(f"{dag_id} run {dag_run_id} still {state} after {timeout:.0f} s; tasks: {tasks}")
+
+    # The page refreshes itself while the run is active; give it time to show the end, then reload once.
+    want = re.compile(rf"^\s*{state}\s*$", re.I)
+    try:
+        expect(badge).to_have_text(want, timeout=45_000)
+    except AssertionError:
+        page.reload()
+        try:
+            expect(badge).to_have_text(want, timeout=45_000)
+        except AssertionError:
+            shown = (badge.text_content() or "").strip()
+            raise UIFlowError(f"the API says the run is {state} but the UI still shows '{shown}'") from None
+    tasks = api.task_states(dag_id, dag_run_id)
+    flow.shot(f"airflow-run-{state}")
+    return state, tasks
+
+
+def _mlflow_open_run(flow: _Flow, mlflow_url: str, experiment: str, mlflow_run_id: str) -> str:
+    """Experiments -> the experiment -> the run's row; returns the experiment ID from the run's URL."""
+    from playwright.sync_api import expect
+
+    page = flow.page
+    page.goto(f"{mlflow_url}/#/experiments")
+    # MLflow 3 starts in its GenAI view, where an experiment opens on traces; runs live under "Model training".
+    training_view = page.get_by_text("Model training", exact=True)
+    try:
+        training_view.wait_for(state="visible", timeout=15_000)
+        training_view.click()
+    except Exception:  # noqa: S110 - older UIs have no such switch and show runs directly
+        pass
+    page.get_by_role("link", name=experiment, exact=True).first.click()
+    run_link = page.locator(f'a[href*="/runs/{mlflow_run_id}"]').first
+    try:
+        run_link.wait_for(state="visible", timeout=45_000)
+    except Exception:
+        # Not on the first page of the runs table: ask the table's own search box.
+        search = page.get_by_test_id("search-box").locator("input").first
+        if not search.count():
+            search = page.get_by_placeholder(re.compile("metrics|search", re.I)).first
+        search.fill(f"attributes.run_id = '{mlflow_run_id}'")
+        search.press("Enter")
+        run_link.wait_for(state="visible")
+    flow.shot("mlflow-experiment-runs")
+    run_link.click()
+    page.wait_for_url(re.compile(rf"#/experiments/[^/]+/runs/{mlflow_run_id}"))
+    expect(page.get_by_test_id("key-value-Run ID")).to_contain_text(mlflow_run_id)
+    flow.shot("mlflow-run")
+    found = re.search(r"#/experiments/([^/]+)/runs/", page.url)
+    return found.group(1) if found else ""
+
+
+def _mlflow_show_artifact(flow: _Flow, artifact: str) -> dict:
+    """The run's Artifacts tab, then the image in the tree; the preview must be a loaded image."""
+    page = flow.page
+    page.get_by_role("tab", name="Artifacts").click()
+    node = page.get_by_test_id("artifact-tree-node").filter(has_text=artifact).first
+    try:
+        node.wait_for(state="visible")
+    except Exception:
+        names = [n.strip() for n in page.get_by_test_id("artifact-tree-node").all_text_contents()]
+        raise UIFlowError(f"{artifact} is not among the run's artifacts in the UI: {names}") from None
+    flow.shot("mlflow-artifacts")
+    node.click()
+    image = page.locator(f'img[src*="{artifact}"]').first
+    image.wait_for(state="visible")
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=ACTION_TIMEOUT_MS
+    )
+    size = image.evaluate("img => ({width: img.naturalWidth, height: img.naturalHeight, src: img.src})")
+    flow.shot("mlflow-confusion-matrix")
+    preview = flow.shots_dir / f"{len(flow.shots) + 1:02d}-confusion-matrix-preview.png"
+    image.screenshot(path=str(preview))
+    flow.shots.append(preview)
+    return size
+
+
+def run_ui_flow(
+    airflow_url: str,
+    mlflow_url: str,
+    username: str,
+    password: str,
+    shots_dir: Path | str,
+    *,
+    dag_id: str = DAG_ID,
+    experiment: str = EXPERIMENT,
+    artifact: str = ARTIFACT,
+    run_timeout: float = 900,
+    dag_timeout: float = 300,
+) -> dict:
+    """The README's step 6 in the browser; returns what it found. Raises UIFlowError naming the failed step.
+
+    airflow_url, mlflow_url: where a browser on this machine reaches the UIs (e.g. http://127.0.0.1:8080).
+    shots_dir: emptied of PNGs, then one screenshot per step (NN-step.png); FAILED-step.png on failure.
+    run_timeout: how long the DAG run may take; dag_timeout: how long the DAG may take to appear in the UI.
+    """
+    from playwright.sync_api import sync_playwright
+
+    if not chromium_available():
+        raise UIFlowError(chromium_unavailable_reason() or "no browser")
+    airflow_url, mlflow_url = airflow_url.rstrip("/"), mlflow_url.rstrip("/")
+    shots = Path(shots_dir)
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):
+        old.unlink()
+    api = _AirflowReader(airflow_url, username, password)
+    started = time.monotonic()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            flow = _Flow(browser, shots)
+            with flow.step("airflow-login"):
+                _airflow_login(flow, airflow_url, dag_id, username, password)
+            with flow.step("airflow-open-dag"):
+                _airflow_open_dag(flow, airflow_url, dag_id, dag_timeout)
+            with flow.step("airflow-unpause"):
+                was_paused = _airflow_unpause(flow)
+            with flow.step("airflow-trigger"):
+                created = _airflow_trigger(flow, dag_id)
+            dag_run_id = created["dag_run_id"]
+            with flow.step("airflow-watch-run"):
+                state, tasks = _airflow_watch_run(flow, api, airflow_url, dag_id, dag_run_id, run_timeout)
+            if state != "success":
+                failed = sorted(t for t, s in tasks.items() if s not in ("success", "skipped"))
+                raise UIFlowError(
+                    f"{dag_id} run {dag_run_id} ended {state}; tasks {tasks}; not successful: {failed}. "
+                    f"Read their logs in the Airflow UI; last screenshot: {flow.shots[-1]}"
+                )
+            mlflow_run_id = mlflow_run_id_from(api.xcom(dag_id, dag_run_id, "train"))
+            with flow.step("mlflow-open-run"):
+                experiment_id = _mlflow_open_run(flow, mlflow_url, experiment, mlflow_run_id)
+            with flow.step("mlflow-artifact"):
+                image = _mlflow_show_artifact(flow, artifact)
+        finally:
+            browser.close()
+
+    return {
+        "dag_run_id": dag_run_id,
+        "dag_run_state": state,
+        "triggered_by": api.dag_run(dag_id, dag_run_id).get("triggered_by"),
+        "task_states": tasks,
+        "was_paused": was_paused,
+        "mlflow_run_id": mlflow_run_id,
+        "mlflow_experiment_id": experiment_id,
+        "artifact_image": image,
+        "screenshots": [str(p) for p in flow.shots],
+        "timings_s": {**flow.timings, "total": round(time.monotonic() - started, 1)},
+    }

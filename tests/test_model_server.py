@@ -1,0 +1,186 @@
+"""mlflow/serve.py via mlflow/model-server.sh: MLflow's protocol, following the champion without a failed request."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow import MlflowClient
+
+import train_model
+from conftest import ROOT, free_port, wait_until_up
+
+SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+
+
+def start_server(tracking_server: str, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": tracking_server,
+        "MODEL_SERVER_HOST": "127.0.0.1",
+        "MODEL_SERVER_PORT": str(port),
+        "MODEL_POLL_SECONDS": "1",
+        "LATEST_MODEL_RUN_ID": "",
+        **env,
+    }
+    log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [str(ROOT / "mlflow" / "model-server.sh")],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def wait_for_version(url: str, version: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/model", timeout=5).json().get("model_version") == version:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not switch to version {version} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def champion_server(tracking_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    name = f"iris-serve-{uuid.uuid4().hex[:8]}"
+    log = tmp_path_factory.mktemp("model-server") / "server.log"
+    proc, url = start_server(tracking_server, log, REGISTERED_MODEL_NAME=name)
+    try:
+        yield name, url, log
+    finally:
+        stop_server(proc)
+
+
+def promote(tracking_server: str, name: str, **cfg: int) -> str:
+    run_id = train_model.run(tracking_server, "serve-test", train_model.TrainConfig(**cfg))
+    result = train_model.register_and_promote(run_id, name, min_accuracy=0.0)
+    assert result["promoted"], result
+    return result["version"]
+
+
+def test_1_waits_unhealthy_until_a_champion_exists(champion_server: tuple[str, str, Path]) -> None:
+    _, url, log = champion_server
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ping = requests.get(f"{url}/ping", timeout=5)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert ping.status_code == 503
+    answer = requests.post(f"{url}/invocations", json=SEED, timeout=5)
+    assert answer.status_code == 503 and answer.json()["error_code"] == "MODEL_NOT_LOADED"
+    deadline = time.monotonic() + 60
+    while "Trigger the DAG 'mlops_pipeline'" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+
+
+def test_2_serves_the_champion_with_mlflow_protocol(tracking_server: str, champion_server) -> None:  # noqa: ANN001
+    name, url, _ = champion_server
+    version = promote(tracking_server, name)
+    wait_for_version(url, version)
+    answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
+    assert answer.json() == {"predictions": [0]}
+    assert answer.headers["X-Model-Version"] == version
+    assert answer.headers["X-Model-Uri"] == f"models:/{name}/{version}"
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200
+    assert requests.get(f"{url}/version", timeout=5).text.strip() == train_model.version("mlflow")
+    # MLflow's own input formats and error answers.
+    split = {"dataframe_split": {"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2]]}}
+    assert requests.post(f"{url}/invocations", json={"instances": [[6.7, 3.0, 5.2, 2.3]]}, timeout=10).ok
+    assert requests.post(f"{url}/invocations", json=split, timeout=10).status_code in (200, 400)
+    bad = requests.post(f"{url}/invocations", data="{not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and "error_code" in bad.json()
+    assert requests.get(f"{url}/invocations", timeout=5).status_code == 405
+    big = requests.post(
+        f"{url}/invocations", data=b"[" * (11 * 1024 * 1024), headers={"Content-Type": "application/json"}
+    )
+    assert big.status_code == 413 and big.json()["error_code"] == "REQUEST_TOO_LARGE"
+
+
+def test_3_switches_to_a_new_champion_without_a_failed_request(tracking_server: str, champion_server) -> None:  # noqa: ANN001
+    name, url, _ = champion_server
+    old = requests.get(f"{url}/model", timeout=5).json()["model_version"]
+    failures: list[str] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    r = session.post(f"{url}/invocations", json=SEED, timeout=10)
+                    if r.status_code != 200 or r.json() != {"predictions": [0]}:
+                        failures.append(f"{r.status_code} {r.text[:100]}")
+                    versions.append(r.headers.get("X-Model-Version", ""))
+                except requests.RequestException as exc:
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        new = promote(tracking_server, name)  # same accuracy as the champion: "not worse" promotes it
+        wait_for_version(url, new)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert failures == []
+    assert old in versions and new in versions
+    assert versions.index(new) > versions.index(old) and old not in versions[versions.index(new) :]
+
+
+def test_4_keeps_serving_when_the_new_champion_cannot_load(tracking_server: str, champion_server) -> None:  # noqa: ANN001
+    name, url, log = champion_server
+    serving = requests.get(f"{url}/model", timeout=5).json()["model_version"]
+    client = MlflowClient(tracking_server)
+    empty_run = client.create_run(client.get_experiment_by_name("serve-test").experiment_id).info
+    client.set_terminated(empty_run.run_id)
+    broken = client.create_model_version(name, source=f"{empty_run.artifact_uri}/model", run_id=empty_run.run_id)
+    client.set_registered_model_alias(name, train_model.CHAMPION, broken.version)
+    deadline = time.monotonic() + 30
+    while "could not load the new model" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.5)
+    answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
+    assert answer.json() == {"predictions": [0]} and answer.headers["X-Model-Version"] == serving
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+
+
+def test_fixed_run_id_serves_exactly_that_run(tracking_server: str, trained_run: str, tmp_path: Path) -> None:
+    """The seed's flow: LATEST_MODEL_RUN_ID pins the model, whatever the registry says."""
+    proc, url = start_server(tracking_server, tmp_path / "fixed.log", LATEST_MODEL_RUN_ID=trained_run)
+    try:
+        wait_until_up(f"{url}/ping", timeout=90, proc=proc)
+        answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
+        assert answer.json() == {"predictions": [0]}
+        assert answer.headers["X-Model-Run-Id"] == trained_run
+        assert answer.headers["X-Model-Uri"] == f"runs:/{trained_run}/model"
+    finally:
+        stop_server(proc)
