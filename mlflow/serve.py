@@ -7,6 +7,9 @@
    and ``GET /model`` returns the same as JSON.
 3. It caps request bodies (``MODEL_SERVER_MAX_BODY_BYTES``): a larger body gets a JSON 413 before anything
    is parsed.
+4. Every error answer is JSON with an ``error_code`` (MLflow's 415s are text/plain), and three malformed
+   requests MLflow 3.17 answers with a 500 get a 4xx: no Content-Type (415), JSON nested deeper than Python's
+   recursion limit and integers of more than 4,300 digits (400). See tests/test_invocations_fuzz.py.
 
 Request parsing, prediction and error responses are MLflow's (``mlflow.pyfunc.scoring_server.init``).
 Before any model exists it answers ``/ping`` with 503 (unhealthy) and says in its log what to do.
@@ -27,6 +30,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from functools import wraps
+from http import HTTPStatus
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -51,25 +56,67 @@ class Loaded:
         return {"model_uri": self.uri, "model_version": self.version, "run_id": self.run_id}
 
 
+def _map_undecodable_json_to_400() -> None:
+    """MLflow turns a body json.loads rejects into a 400, but only for JSONDecodeError and UnicodeDecodeError:
+    RecursionError (nesting deeper than the recursion limit) and ValueError (an integer of more than 4,300
+    digits) escape as 500s. Extend its mapping to those two, at the one place MLflow decodes request JSON."""
+    from mlflow.pyfunc import scoring_server
+    from mlflow.utils.proto_json_utils import MlflowInvalidInputException
+
+    decode = scoring_server._decode_json_input
+    if getattr(decode, "__wrapped__", None):
+        return  # already done
+
+    @wraps(decode)
+    def decode_json_input(json_input: Any) -> Any:
+        try:
+            return decode(json_input)
+        except (RecursionError, ValueError) as exc:  # MLflow's own errors are MlflowExceptions, not ValueErrors
+            raise MlflowInvalidInputException(
+                f"Ensure that input is a valid JSON formatted string. Error: {exc!r}"
+            ) from exc
+
+    scoring_server._decode_json_input = decode_json_input
+
+
 def load(uri: str, version: str = "", run_id: str = "") -> Loaded:
     """Load a model completely and build MLflow's scoring app around it (nothing is swapped yet)."""
     from mlflow.pyfunc import scoring_server
 
+    _map_undecodable_json_to_400()
     model = scoring_server.load_model_with_mlflow_config(uri)
     run_id = run_id or (model.metadata.run_id or "")
     return Loaded(scoring_server.init(model), uri, version, run_id)
 
 
-async def _send_json(send: Send, status: int, body: dict) -> None:
+async def _send_json(send: Send, status: int, body: dict, headers: list | None = None) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [
+                *(headers or []),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_error_as_json(send: Send, start: Message, body: bytes) -> None:
+    """Forward an error answer of MLflow's app unchanged if its body is JSON, else wrapped in JSON."""
+    try:
+        json.loads(body)
+    except ValueError:
+        status = start["status"]
+        code = HTTPStatus(status).name if status in set(HTTPStatus) else "ERROR"
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
+        await _send_json(send, status, {"error_code": code, "message": body.decode(errors="replace")}, headers)
+        return
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
 
 
 class ModelServer:
@@ -153,6 +200,11 @@ class ModelServer:
                 send, 503, {"error_code": "MODEL_NOT_LOADED", "message": "No model is loaded yet; see the server log."}
             )
             return
+        if path == "/invocations" and scope.get("method") == "POST" and b"content-type" not in dict(scope["headers"]):
+            await _send_json(  # MLflow's app fails with a 500 on a request without one
+                send, 415, {"error_code": "UNSUPPORTED_MEDIA_TYPE", "message": "A Content-Type header is required."}
+            )
+            return
         body = await self._read_body(scope, receive, send)
         if body is None:
             return
@@ -168,9 +220,21 @@ class ModelServer:
             (b"x-model-run-id", current.run_id.encode()),
         ]
 
+        error_start: Message | None = None  # an error answer is held until its whole body is known
+        error_body: list[bytes] = []
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal error_start
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *headers]}
+                if message["status"] >= 400:
+                    error_start = message
+                    return
+            elif error_start is not None and message["type"] == "http.response.body":
+                error_body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _send_error_as_json(send, error_start, b"".join(error_body))
+                return
             await send(message)
 
         await current.app(scope, replay, send_with_headers)

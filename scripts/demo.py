@@ -1,11 +1,13 @@
 """The seed's whole flow in one command, on Docker Compose or in local mode.
 
-Usage: python scripts/demo.py compose|local
+Usage: python scripts/demo.py compose|local [--seed-flow]
 
 Standard library only, so `make demo` needs nothing on the host but Docker and python3.
 
-Start the stack, trigger mlops_pipeline through Airflow's REST API and wait for it, run ./update_run_id.sh,
-recreate the model-server, and print its answer to the seed's payload. The stack keeps running.
+Start the stack, trigger mlops_pipeline through Airflow's REST API and wait for it (printing the quality gate's
+decision), wait until the model-server serves the registry's champion (or, with --seed-flow or a pinned
+LATEST_MODEL_RUN_ID, run ./update_run_id.sh and recreate it), and print its answer to the seed's payload.
+The stack keeps running.
 """
 
 from __future__ import annotations
@@ -108,9 +110,30 @@ def run(cmd: list[str], **kwargs: object) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, **kwargs)
 
 
+def wait_for_model(model_url: str, version: str, timeout: float = 180) -> dict:
+    """Wait until the model-server reports serving `version` (it polls the registry by itself)."""
+    started, info = time.monotonic(), {}
+    while time.monotonic() - started < timeout:
+        try:
+            status, info = http("GET", f"{model_url}/model")
+        except OSError:
+            status = 0
+        if status == 200 and isinstance(info, dict) and (not version or info.get("model_version") == version):
+            print(f"  model-server serves {info.get('model_uri')} ({time.monotonic() - started:.0f} s)", flush=True)
+            return info
+        time.sleep(1)
+    raise SystemExit(f"demo: the model-server did not serve version {version or 'any'} within {timeout:.0f} s: {info}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["compose", "local"])
+    parser.add_argument(
+        "--seed-flow",
+        action="store_true",
+        help="serve the newest run via ./update_run_id.sh and a model-server restart (the original walkthrough) "
+        "instead of the registry's champion",
+    )
     args = parser.parse_args(argv)
     env_file = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
     python = sys.executable
@@ -123,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     airflow_url = f"http://{host}:{cfg.get('AIRFLOW_PORT') or 8080}"
     mlflow_url = f"http://{host}:{cfg.get('MLFLOW_PORT') or 5000}"
     model_url = f"http://{host}:{cfg.get('MODEL_SERVER_PORT') or 5001}"
+    pinned = bool(cfg.get("LATEST_MODEL_RUN_ID"))
 
-    print(f"== 1/5 start the stack ({args.mode})", flush=True)
+    print(f"== 1/4 start the stack ({args.mode})", flush=True)
     if args.mode == "compose":
         run(["docker", "compose", "up", "-d", "--build", "--wait", *COMPOSE_CORE])
         run(["docker", "compose", "up", "-d", "--no-build", "model-server"])
@@ -134,24 +158,38 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError as exc:
             raise SystemExit(exc.returncode) from None
 
-    print(f"== 2/5 trigger {DAG_ID} through Airflow's REST API and wait", flush=True)
+    print(f"== 2/4 trigger {DAG_ID} through Airflow's REST API and wait", flush=True)
+    print(
+        f"  hyper-parameters from {env_file.name}: RF_N_ESTIMATORS={cfg.get('RF_N_ESTIMATORS', '100')} "
+        f"RF_MAX_DEPTH={cfg.get('RF_MAX_DEPTH', '3')}, MIN_ACCURACY={cfg.get('MIN_ACCURACY', '0.9')}",
+        flush=True,
+    )
     airflow = Airflow(airflow_url, cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", cfg["AIRFLOW_ADMIN_PASSWORD"])
     airflow.wait_for_dag(DAG_ID)
     dag_run = airflow.trigger(DAG_ID)
     if airflow.wait_for_run(DAG_ID, dag_run) != "success":
-        raise SystemExit(f"demo: {DAG_ID} failed; open {airflow_url} and read the task log")
+        raise SystemExit(f"demo: {DAG_ID} failed; open {airflow_url} and read the task logs")
+    gate = airflow.call(
+        "GET", f"/dags/{DAG_ID}/dagRuns/{urllib.request.quote(dag_run)}/taskInstances/register/xcomEntries/return_value"
+    ).get("value")
+    gate = json.loads(gate) if isinstance(gate, str) else gate or {}
+    verdict = "PROMOTED to champion" if gate.get("promoted") else "NOT promoted (the champion stays)"
+    print(f"  quality gate: {gate.get('model')} version {gate.get('version')} {verdict}: {gate.get('reason')}")
 
-    print("== 3/5 point the model-server at the new run", flush=True)
-    run(["./update_run_id.sh", "--env-file", str(env_file)])
-
-    print("== 4/5 recreate the model-server", flush=True)
-    if args.mode == "compose":
-        run(["docker", "compose", "up", "-d", "--no-build", "--wait", "model-server"])
+    if args.seed_flow or pinned:
+        print("== 3/4 point the model-server at the new run (./update_run_id.sh) and recreate it", flush=True)
+        run(["./update_run_id.sh", "--env-file", str(env_file)])
+        if args.mode == "compose":
+            run(["docker", "compose", "up", "-d", "--no-build", "--wait", "model-server"])
+        else:
+            run([python, "scripts/local.py", "restart", "model-server"])
+        wait_http(f"{model_url}/ping", "model-server")
     else:
-        run([python, "scripts/local.py", "restart", "model-server"])
-    wait_http(f"{model_url}/ping", "model-server")
+        print("== 3/4 the model-server follows the registry's champion by itself", flush=True)
+        status, champion = registry_champion(mlflow_url, gate.get("model"))
+        wait_for_model(model_url, champion if status == 200 else "")
 
-    print("== 5/5 the seed's prediction call", flush=True)
+    print("== 4/4 the seed's prediction call", flush=True)
     print(f"$ curl -X POST {model_url}/invocations -H 'Content-Type: application/json' -d '{json.dumps(SEED_PAYLOAD)}'")
     status, answer = http("POST", f"{model_url}/invocations", SEED_PAYLOAD)
     print(json.dumps(answer), flush=True)
@@ -162,8 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nThe stack keeps running ({'make down' if args.mode == 'compose' else 'make local-down'} stops it):")
     print(f"  Airflow UI    {airflow_url}   (login: {user}, password: AIRFLOW_ADMIN_PASSWORD in {env_file.name})")
     print(f"  MLflow UI     {mlflow_url}")
-    print(f"  Model server  {model_url}/invocations")
+    print(f"  Model server  {model_url}/invocations   (what it serves: {model_url}/model)")
     return 0
+
+
+def registry_champion(mlflow_url: str, name: str | None) -> tuple[int, str]:
+    """The registry's current champion version (MLflow REST), whatever this run's gate decided."""
+    status, body = http(
+        "GET",
+        f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={urllib.request.quote(name or 'iris-classifier')}"
+        "&alias=champion",
+    )
+    version = body.get("model_version", {}).get("version", "") if isinstance(body, dict) else ""
+    return status, version
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ in one folder, .local/ by default (LOCAL_STATE_DIR). Settings come from .env (EN
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shlex
 import signal
@@ -115,6 +116,10 @@ def supervisor_conf() -> Path:
     return conf
 
 
+def env_digest() -> str:
+    return hashlib.sha256(ENV_FILE.read_bytes()).hexdigest()
+
+
 def supervisorctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(VENV_BIN / "supervisorctl"), "-c", str(STATE / "supervisord.conf"), *args],
@@ -157,6 +162,12 @@ def up() -> None:
             if supervisorctl("status", check=False).returncode in (0, 3):
                 break
             time.sleep(0.2)
+    else:
+        # Services read .env when they start: restart them if it changed since (e.g. a new RF_MAX_DEPTH).
+        if (STATE / "env.sha256").is_file() and (STATE / "env.sha256").read_text() != env_digest():
+            print("local: .env changed since the services started; restarting them", flush=True)
+            supervisorctl("stop", "all", check=False)
+    (STATE / "env.sha256").write_text(env_digest())
     print(f"local: starting the stack (state in {STATE}, logs in {STATE}/logs)", flush=True)
     supervisorctl("start", "mlflow-server", check=False)
     init_cmd, init_env = command_and_env("airflow-init")

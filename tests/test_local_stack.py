@@ -1,4 +1,5 @@
-"""The whole local flow end to end, as `make local-demo` runs it, then `make local-down` leaves nothing behind."""
+"""The whole local flow end to end, as `make local-demo` runs it (registry + champion), then the seed's run-ID flow
+(update_run_id.sh + restart), then `make local-down` leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, free_port, make_env_file
+from conftest import ROOT, free_port, make_env_file, wait_until_up
+from stackenv import read_env_file
 
 pytestmark = pytest.mark.local
 
@@ -47,22 +49,28 @@ def test_local_demo_end_to_end(tmp_path: Path) -> None:
         assert demo.returncode == 0
         assert '{"predictions": [0]}' in demo.stdout
         assert "mlops_pipeline is success" in demo.stdout
+        assert "iris-classifier version 1 PROMOTED to champion" in demo.stdout
+        model_url = f"http://127.0.0.1:{ports['MODEL_SERVER_PORT']}"
+        seed = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+        answer = requests.post(f"{model_url}/invocations", json=seed, timeout=30)
+        assert answer.json() == {"predictions": [0]}
+        assert answer.headers["X-Model-Uri"] == "models:/iris-classifier/1"
 
-        # The run ID the model-server serves was written into this .env by update_run_id.sh.
-        assert any(
-            line.startswith("LATEST_MODEL_RUN_ID=") and len(line.strip()) == len("LATEST_MODEL_RUN_ID=") + 32
-            for line in env_file.read_text().splitlines()
-        )
         # Airflow's API refuses calls without credentials.
         airflow = f"http://127.0.0.1:{ports['AIRFLOW_PORT']}"
         assert requests.get(f"{airflow}/api/v2/dags", timeout=10).status_code == 401
-        # The seed's curl, once more, directly.
-        answer = requests.post(
-            f"http://127.0.0.1:{ports['MODEL_SERVER_PORT']}/invocations",
-            json={"inputs": [[5.1, 3.5, 1.4, 0.2]]},
-            timeout=30,
-        )
+
+        # The seed's flow: update_run_id.sh pins the newest run, a restart serves exactly that run.
+        pin = subprocess.run(["./update_run_id.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert pin.returncode == 0, pin.stderr
+        run_id = read_env_file(env_file)["LATEST_MODEL_RUN_ID"]
+        assert len(run_id) == 32
+        restart = [sys.executable, "scripts/local.py", "restart", "model-server"]
+        subprocess.run(restart, cwd=ROOT, env=env, check=True, timeout=120)
+        wait_until_up(f"{model_url}/ping", timeout=120)
+        answer = requests.post(f"{model_url}/invocations", json=seed, timeout=30)
         assert answer.json() == {"predictions": [0]}
+        assert answer.headers["X-Model-Run-Id"] == run_id and answer.headers["X-Model-Uri"] == f"runs:/{run_id}/model"
     finally:
         down = subprocess.run(
             [sys.executable, "scripts/local.py", "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

@@ -34,7 +34,7 @@ def test_model_signature_accepts_the_seed_payload_shape(tracking_server: str, tr
     mlflow.set_tracking_uri(tracking_server)
     info = mlflow.models.get_model_info(f"runs:/{trained_run}/model")
     inputs = info.signature.inputs.to_dict()
-    assert inputs[0]["type"] == "tensor" and inputs[0]["tensor-spec"]["shape"] == [-1, 4]
+    assert inputs[0]["type"] == "tensor" and list(inputs[0]["tensor-spec"]["shape"]) == [-1, 4]
 
 
 def test_hyper_parameters_are_overridable(tracking_server: str) -> None:

@@ -55,23 +55,24 @@ def mlops_pipeline() -> None:
         return t.train_and_log(cfg)
 
     @task
-    def evaluate(run_id: str) -> dict:
+    def evaluate(mlflow_run_id: str) -> dict:
         """Held-out accuracy, per-class precision/recall/F1, confusion matrix and feature importance."""
         t = training()
         t.connect()
-        return t.evaluate_run(run_id)
+        return t.evaluate_run(mlflow_run_id)
 
     @task
-    def register(run_id: str) -> dict:
+    def register(mlflow_run_id: str) -> dict:
         """New version of the registered model; `champion` moves to it only if it passes the gate."""
         t = training()
         t.min_accuracy_from_env()  # fail fast on a bad MIN_ACCURACY
         t.connect()
-        return t.register_and_promote(run_id)
+        return t.register_and_promote(mlflow_run_id)
 
-    run_id = train()
-    check_data() >> run_id
-    evaluate(run_id) >> register(run_id)
+    # (`run_id` is a reserved name in Airflow's task context, hence `mlflow_run_id`.)
+    mlflow_run_id = train()
+    check_data() >> mlflow_run_id
+    evaluate(mlflow_run_id) >> register(mlflow_run_id)
 
 
 mlops_pipeline()

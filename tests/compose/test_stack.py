@@ -168,6 +168,23 @@ def test_3_airflow_refuses_anonymous_calls_and_runs_the_dag(stack: Stack) -> Non
     stack.results["trigger_to_success_s"] = round(time.monotonic() - started, 1)
 
 
+def test_3b_model_server_follows_the_promoted_champion_without_a_restart(stack: Stack) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            info = requests.get(f"{stack.model_url}/model", timeout=5).json()
+        except requests.RequestException:
+            info = {}
+        if info.get("model_version") == "1":
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(2)
+    answer = requests.post(f"{stack.model_url}/invocations", json=SEED_PAYLOAD, timeout=30)
+    assert answer.json() == {"predictions": [0]}
+    assert answer.headers["X-Model-Uri"] == "models:/iris-classifier/1"
+    assert stack.inspect("model-server")["RestartCount"] == 0
+
+
 def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> None:
     runs = stack.finished_runs()
     assert len(runs) == 1
@@ -180,6 +197,12 @@ def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> No
     model = requests.get(f"{stack.mlflow_url}/api/2.0/mlflow/logged-models/{model_id}", timeout=10).json()["model"]
     assert model["info"]["status"] == "LOGGED_MODEL_READY"
     assert model["info"]["source_run_id"] == run["info"]["run_id"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["gate.decision"] == "promoted" and tags["registered_model_version"] == "iris-classifier/1"
+    artifacts = requests.get(
+        f"{stack.mlflow_url}/api/2.0/mlflow/artifacts/list", params={"run_id": run["info"]["run_id"]}, timeout=10
+    ).json()
+    assert {"confusion_matrix.png", "feature_importance.png"} <= {f["path"] for f in artifacts.get("files", [])}
 
 
 def test_5_update_run_id_then_recreate_serves_the_seed_prediction(stack: Stack) -> None:
@@ -190,7 +213,9 @@ def test_5_update_run_id_then_recreate_serves_the_seed_prediction(stack: Stack) 
     started = time.monotonic()
     stack.compose("up", "-d", "--no-build", "--wait", "model-server")
     stack.results["model_server_recreate_to_healthy_s"] = round(time.monotonic() - started, 1)
-    assert stack.predict() == {"predictions": [0]}
+    answer = requests.post(f"{stack.model_url}/invocations", json=SEED_PAYLOAD, timeout=30)
+    assert answer.json() == {"predictions": [0]}
+    assert answer.headers["X-Model-Uri"] == f"runs:/{run_id}/model"
     stats = stack.run("docker", "stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}").stdout
     stack.results["memory_after_dag_run"] = {
         name.removeprefix(f"{PROJECT}-").removesuffix("-1"): usage.split(" / ")[0]
