@@ -68,6 +68,7 @@ class Stack:
         self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
         self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
         self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+        self.expected_runs = 1  # finished MLflow runs = successful DAG runs so far
 
     def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -144,6 +145,46 @@ def test_1_up_builds_and_every_service_becomes_healthy(stack: Stack) -> None:
         image: round(int(stack.run("docker", "image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6)
         for image in (stack.env["AIRFLOW_IMAGE"], stack.env["MLFLOW_IMAGE"])
     }
+
+
+LONG_RUNNING = [*COMPOSE_CORE, "model-server"]
+SECRET_KEYS = ("FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD")
+# The README promises the stack fits a 2-vCPU, 8 GB VM: the long-running services' ceilings add up to this.
+PROMISED_TOTAL_MEMORY_GIB = 5
+
+
+def test_1b_containers_run_unprivileged_and_publish_only_loopback(stack: Stack) -> None:
+    for name in [*LONG_RUNNING, "airflow-init"]:
+        info = stack.inspect(name)
+        user = info["Config"]["User"]
+        assert user and user.split(":")[0] not in ("0", "root"), f"{name} runs as {user!r}"
+        host = info["HostConfig"]
+        assert not host["Privileged"] and not host.get("CapAdd"), name
+        assert "no-new-privileges:true" in (host.get("SecurityOpt") or []), name
+        for container_port, bindings in (host.get("PortBindings") or {}).items():
+            assert container_port in ("8080/tcp", "5000/tcp", "5001/tcp"), f"{name} publishes {container_port}"
+            assert all(b["HostIp"] == "127.0.0.1" for b in bindings), f"{name}: {bindings}"
+    for name in ("airflow-scheduler", "model-server"):
+        uid = stack.compose("exec", "-T", name, "id", "-u").stdout.strip()
+        assert uid != "0", name
+    volume_init = stack.inspect("volume-init")["HostConfig"]
+    assert volume_init["CapDrop"] == ["ALL"] and set(volume_init["CapAdd"]) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
+
+
+def test_1c_no_secret_in_images_or_their_history(stack: Stack) -> None:
+    secrets = [v for k, v in read_env_file(stack.env_file).items() if k in SECRET_KEYS]
+    for image in (stack.env["AIRFLOW_IMAGE"], stack.env["MLFLOW_IMAGE"]):
+        history = stack.run("docker", "history", "--no-trunc", image).stdout
+        config = stack.run("docker", "image", "inspect", image).stdout
+        for secret in secrets:
+            assert secret not in history and secret not in config, image
+
+
+def test_1d_every_service_has_a_memory_ceiling_within_the_promise(stack: Stack) -> None:
+    limits = {name: stack.inspect(name)["HostConfig"]["Memory"] for name in LONG_RUNNING}
+    assert all(limit > 0 for limit in limits.values()), limits
+    assert sum(limits.values()) <= PROMISED_TOTAL_MEMORY_GIB * 2**30, limits
+    stack.results["memory_limits_mib"] = {name: limit // 2**20 for name, limit in limits.items()}
 
 
 def test_2_model_server_waits_without_crash_looping(stack: Stack) -> None:
@@ -224,12 +265,81 @@ def test_5_update_run_id_then_recreate_serves_the_seed_prediction(stack: Stack) 
     }
 
 
+def test_5b_a_killed_model_server_comes_back_by_itself_with_the_same_model(stack: Stack) -> None:
+    before = requests.get(f"{stack.model_url}/model", timeout=5).json()
+    restarts = stack.inspect("model-server")["RestartCount"]
+    # Kill every process of the container's user: the server dies, PID 1 (init) exits, the restart policy acts.
+    stack.compose("exec", "-T", "model-server", "sh", "-c", "kill -KILL -1", check=False)
+    started = time.monotonic()
+    while True:
+        try:
+            if requests.get(f"{stack.model_url}/model", timeout=2).json() == before:
+                break
+        except (requests.RequestException, ValueError):
+            pass
+        assert time.monotonic() - started < 60, "model-server did not come back"
+        time.sleep(0.5)
+    back_after = time.monotonic() - started
+    stack.results["model_server_back_after_kill_s"] = round(back_after, 1)
+    assert stack.inspect("model-server")["RestartCount"] == restarts + 1
+    assert back_after <= 30, f"took {back_after:.0f} s"
+    assert stack.predict() == {"predictions": [0]}
+
+
+def test_5c_training_survives_a_tracking_server_outage(stack: Stack) -> None:
+    """The tracking server goes away while the pipeline runs: a task fails, its retry succeeds once the server
+    is back, and update_run_id.sh never picks the half-written run of the failed attempt."""
+    airflow = stack.airflow()
+    dag_run = airflow.trigger("mlops_pipeline")
+    tis = f"/dags/mlops_pipeline/dagRuns/{dag_run}/taskInstances"
+    deadline = time.monotonic() + 180
+    while airflow.call("GET", f"{tis}/train")["state"] != "running":
+        assert time.monotonic() < deadline, airflow.call("GET", tis)
+        time.sleep(0.5)
+    stack.compose("stop", "--timeout", "5", "mlflow-server")
+    deadline = time.monotonic() + 180
+
+    def a_task_failed() -> bool:
+        instances = airflow.call("GET", tis)["task_instances"]
+        return any(ti["try_number"] > 1 or ti["state"] == "up_for_retry" for ti in instances)
+
+    while not a_task_failed():
+        assert time.monotonic() < deadline, airflow.call("GET", tis)
+        time.sleep(1)
+    stack.compose("start", "mlflow-server")
+    stack.wait_healthy(["mlflow-server"])
+    assert airflow.wait_for_run("mlops_pipeline", dag_run, timeout=600, progress=False) == "success"
+    retried = [ti["task_id"] for ti in airflow.call("GET", tis)["task_instances"] if ti["try_number"] > 1]
+    assert retried, "no task needed a retry"
+    trained = airflow.call("GET", f"{tis}/train/xcomEntries/return_value")["value"]
+    trained = json.loads(trained) if trained.startswith('"') else trained
+    result = stack.run(str(ROOT / "update_run_id.sh"), check=False)
+    assert result.returncode == 0, result.stderr
+    assert read_env_file(stack.env_file)["LATEST_MODEL_RUN_ID"] == trained
+    stack.compose("up", "-d", "--no-build", "--wait", "model-server")
+    stack.expected_runs = 2
+
+
+def test_5d_memory_stays_under_each_ceiling(stack: Stack) -> None:
+    for name in LONG_RUNNING:
+        cid = stack.compose("ps", "-q", name).stdout.strip()
+        usage = stack.run("docker", "stats", "--no-stream", "--format", "{{.MemPerc}}", cid).stdout.strip()
+        assert float(usage.rstrip("%")) < 80, f"{name} uses {usage} of its memory limit"
+
+
 def _assert_state_survived(stack: Stack) -> None:
     stack.wait_healthy([*COMPOSE_CORE, "model-server"])
-    assert len(stack.finished_runs()) == 1
+    assert len(stack.finished_runs()) == stack.expected_runs
     airflow = stack.airflow()
     runs = airflow.call("GET", "/dags/mlops_pipeline/dagRuns")
-    assert runs["total_entries"] == 1 and runs["dag_runs"][0]["state"] == "success"
+    assert runs["total_entries"] == stack.expected_runs
+    assert {run["state"] for run in runs["dag_runs"]} == {"success"}
+    champion = requests.get(
+        f"{stack.mlflow_url}/api/2.0/mlflow/registered-models/alias",
+        params={"name": "iris-classifier", "alias": "champion"},
+        timeout=10,
+    ).json()["model_version"]
+    assert int(champion["version"]) >= 1
     assert stack.predict() == {"predictions": [0]}
 
 
@@ -243,6 +353,13 @@ def test_7_down_without_volumes_then_up_keeps_everything(stack: Stack) -> None:
     assert stack.services() == {}
     stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300")
     _assert_state_survived(stack)
+
+
+def test_7b_no_secret_in_the_logs(stack: Stack) -> None:
+    logs = stack.compose("logs", "--no-color").stdout
+    for key, value in read_env_file(stack.env_file).items():
+        if key in SECRET_KEYS:
+            assert value not in logs, f"{key} appears in the logs"
 
 
 def test_8_clean_disk_removes_the_project_and_nothing_else(stack: Stack) -> None:
