@@ -6,6 +6,8 @@
 #   MLFLOW_TRACKING_URI     default http://127.0.0.1:$MLFLOW_PORT (MLFLOW_PORT from .env, else 5000)
 #   MLFLOW_EXPERIMENT_NAME  default: the value in .env, else mlops_pipeline
 #   UPDATE_RUN_ID_TIMEOUT   seconds per request to the tracking server (default 15)
+#   MLFLOW_AUTH, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD   the MLflow login, when MLflow asks for one
+#                           (default: the values in .env)
 #
 # Every other line of .env (keys, comments, order, CRLF) stays byte-for-byte as it was; the new file replaces
 # the old one atomically. On any failure .env is left untouched and the script exits non-zero.
@@ -51,11 +53,25 @@ experiment="${MLFLOW_EXPERIMENT_NAME:-$(env_value MLFLOW_EXPERIMENT_NAME)}"
 experiment="${experiment:-mlops_pipeline}"
 timeout="${UPDATE_RUN_ID_TIMEOUT:-15}"
 
+# With MLflow's basic auth on, log in as MLFLOW_TRACKING_USERNAME. The password goes to curl on stdin (a
+# --config line), never on the command line where `ps` would show it.
+curl_config=""
+case "${MLFLOW_AUTH:-$(env_value MLFLOW_AUTH)}" in
+  true | 1 | yes)
+    user="${MLFLOW_TRACKING_USERNAME:-$(env_value MLFLOW_TRACKING_USERNAME)}"
+    password="${MLFLOW_TRACKING_PASSWORD:-$(env_value MLFLOW_TRACKING_PASSWORD)}"
+    [ -n "$password" ] || die "MLFLOW_AUTH is on but MLFLOW_TRACKING_PASSWORD is empty in $env_file"
+    credentials="${user:-admin}:$password"
+    credentials="${credentials//\\/\\\\}"
+    curl_config="user = \"${credentials//\"/\\\"}\"" ;;
+esac
+
 # api METHOD PATH [curl args...]: sets $status and $body; dies when the server cannot be reached.
 api() {
   local method="$1" path="$2" out rc=0
   shift 2
-  out=$(curl -sS --connect-timeout 5 --max-time "$timeout" -X "$method" -w '\n%{http_code}' "$@" "$uri$path" 2>&1) || rc=$?
+  out=$(printf '%s\n' "$curl_config" | curl -sS --config - --connect-timeout 5 --max-time "$timeout" \
+    -X "$method" -w '\n%{http_code}' "$@" "$uri$path" 2>&1) || rc=$?
   if [ "$rc" -ne 0 ]; then
     die "cannot reach the MLflow tracking server at $uri (curl exit $rc: ${out%%$'\n'*}). Is it running? Try: docker compose ps mlflow-server"
   fi
@@ -67,6 +83,9 @@ api GET /api/2.0/mlflow/experiments/get-by-name -G --data-urlencode "experiment_
 case "$status" in
   200) ;;
   404) die "experiment '$experiment' does not exist on $uri yet. Trigger the DAG 'mlops_pipeline' in Airflow first." ;;
+  401 | 403)
+    if [ -n "$curl_config" ]; then die "the tracking server at $uri refused the login of MLFLOW_TRACKING_USERNAME (HTTP $status)"; fi
+    die "the tracking server at $uri asks for a login (HTTP $status): set MLFLOW_AUTH=true and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in $env_file" ;;
   *) die "the tracking server at $uri answered HTTP $status to get-by-name: ${body:0:200}" ;;
 esac
 experiment_id=$(printf '%s' "$body" | grep -o '"experiment_id":[[:space:]]*"[^"]*"' | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/' || true)

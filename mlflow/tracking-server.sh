@@ -7,6 +7,8 @@
 #   MLFLOW_HOST / _PORT   where to listen                                  (default 0.0.0.0:5000)
 #   MLFLOW_WORKERS        uvicorn workers; 1 is plenty for one team         (default 1)
 #   MLFLOW_ALLOWED_HOSTS  Host headers accepted (DNS-rebinding protection) (default: loopback + service name)
+#   MLFLOW_AUTH           true: MLflow's built-in basic auth (--app-name basic-auth); the admin is
+#                         MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD     (default false)
 set -euo pipefail
 
 data="${MLFLOW_DATA_DIR:-/mlflow/mlruns}"
@@ -24,6 +26,37 @@ mkdir -p "$data/artifacts"
 # The background job runner (for MLflow's GenAI jobs) is unused here and costs ~10 processes.
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
+auth_args=()
+case "${MLFLOW_AUTH:-false}" in
+  true | 1 | yes)
+    case "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" in
+      "" | changeme | password1234)
+        echo "tracking-server: MLFLOW_AUTH is on but MLFLOW_TRACKING_PASSWORD is missing or a placeholder in .env. Run 'make env' or set it." >&2
+        exit 1 ;;
+    esac
+    # The user store lives beside the tracking data; the admin is created on the first start only.
+    cat >"$data/basic_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$data/basic_auth.db
+admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+    export MLFLOW_AUTH_CONFIG_PATH="$data/basic_auth.ini"
+    # The auth app signs CSRF tokens with a key that must survive restarts: made once, kept beside the data.
+    if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
+      if [ ! -s "$data/flask_secret_key" ]; then
+        (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(48))' >"$data/flask_secret_key")
+      fi
+      MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$data/flask_secret_key")"
+      export MLFLOW_FLASK_SERVER_SECRET_KEY
+    fi
+    auth_args=(--app-name basic-auth)
+    echo "tracking-server: basic auth is on (admin user '${MLFLOW_AUTH_ADMIN_USERNAME:-admin}')" >&2 ;;
+  false | 0 | no | "") ;;
+  *) echo "tracking-server: MLFLOW_AUTH must be true or false, got '${MLFLOW_AUTH}'" >&2; exit 2 ;;
+esac
+
 exec mlflow server \
   --backend-store-uri "sqlite:///$data/mlflow.db" \
   --artifacts-destination "$data/artifacts" \
@@ -31,4 +64,5 @@ exec mlflow server \
   --host "${MLFLOW_HOST:-0.0.0.0}" \
   --port "${MLFLOW_PORT:-5000}" \
   --workers "${MLFLOW_WORKERS:-1}" \
-  --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow-server,mlflow-server:*}"
+  --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow-server,mlflow-server:*}" \
+  "${auth_args[@]}"

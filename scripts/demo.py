@@ -13,6 +13,7 @@ The stack keeps running.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import subprocess
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_http(f"{model_url}/ping", "model-server")
     else:
         print("== 3/4 the model-server follows the registry's champion by itself", flush=True)
-        status, champion = registry_champion(mlflow_url, gate.get("model"))
+        status, champion = registry_champion(mlflow_url, gate.get("model"), mlflow_login(cfg))
         wait_for_model(model_url, champion if status == 200 else "")
 
     print("== 4/4 the seed's prediction call", flush=True)
@@ -204,12 +205,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def registry_champion(mlflow_url: str, name: str | None) -> tuple[int, str]:
+def mlflow_login(cfg: dict[str, str]) -> dict[str, str]:
+    """Basic-auth header for MLflow when MLFLOW_AUTH is on (MLflow's standard client variables)."""
+    if cfg.get("MLFLOW_AUTH", "false").lower() not in ("true", "1", "yes"):
+        return {}
+    token = f"{cfg.get('MLFLOW_TRACKING_USERNAME') or 'admin'}:{cfg.get('MLFLOW_TRACKING_PASSWORD', '')}"
+    return {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
+
+
+def registry_champion(mlflow_url: str, name: str | None, headers: dict[str, str]) -> tuple[int, str]:
     """The registry's current champion version (MLflow REST), whatever this run's gate decided."""
     status, body = http(
         "GET",
         f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={urllib.request.quote(name or 'iris-classifier')}"
         "&alias=champion",
+        headers=headers,
     )
     version = body.get("model_version", {}).get("version", "") if isinstance(body, dict) else ""
     return status, version

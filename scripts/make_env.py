@@ -33,6 +33,7 @@ def generated_secrets() -> dict[str, str]:
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(48),
         "AIRFLOW_SECRET_KEY": secrets.token_urlsafe(48),
         "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18),
     }
 
 

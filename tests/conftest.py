@@ -14,6 +14,14 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+# The .env keys that hold secrets (make env generates them; they must never leak).
+SECRET_KEYS = (
+    "FERNET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_SECRET_KEY",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "airflow" / "models"))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, make_env_file
+from conftest import ROOT, SECRET_KEYS, make_env_file
 from stackenv import read_env_file
 
-SECRETS = ["FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD"]
+SECRETS = SECRET_KEYS
 
 
 def test_creates_env_with_fresh_secrets_and_every_key(tmp_path) -> None:  # noqa: ANN001

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, free_port, make_env_file
+from conftest import ROOT, SECRET_KEYS, free_port, make_env_file
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from demo import COMPOSE_CORE, Airflow  # noqa: E402
@@ -148,7 +148,6 @@ def test_1_up_builds_and_every_service_becomes_healthy(stack: Stack) -> None:
 
 
 LONG_RUNNING = [*COMPOSE_CORE, "model-server"]
-SECRET_KEYS = ("FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD")
 # The README promises the stack fits a 2-vCPU, 8 GB VM: the long-running services' ceilings add up to this.
 PROMISED_TOTAL_MEMORY_GIB = 5
 
