@@ -5,8 +5,9 @@ button, watch the run until it is green, then open the MLflow UI, find the MLflo
 `train` task logged, open its Artifacts tab and look at `confusion_matrix.png` (logged by `evaluate`).
 A screenshot is saved at every step.
 
-Everything a user does happens in the browser. The REST API is only read: the run's final state (to stop
-watching), its task states (for the failure message) and the `train` task's XCom (which MLflow run to look for).
+Everything a user does happens in the browser. The REST API is only read: the run's state (to know when to stop
+watching), its task states (progress screenshots, failure message) and the `train` task's XCom (which MLflow run
+to look for). The one write, optional, is test setup: `pause_first=True` pauses the DAG so the toggle gets clicked.
 
 Usable from any suite (local mode, compose):
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +32,7 @@ from urllib.parse import quote
 import requests
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Locator, Page
 
 DAG_ID = "mlops_pipeline"
 EXPERIMENT = "mlops_pipeline"
@@ -88,19 +88,30 @@ def require_chromium() -> None:
 
 
 class _AirflowReader:
-    """Read-only calls to Airflow's REST API (/api/v2), authenticated with a JWT from /auth/token."""
+    """Calls to Airflow's REST API (/api/v2) with a JWT from /auth/token: reads, plus the optional pause."""
 
     def __init__(self, base_url: str, username: str, password: str) -> None:
         self.base = base_url.rstrip("/")
-        answer = requests.post(
-            f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=30
-        )
+        answer = requests.post(f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=30)
         if answer.status_code >= 300:
             raise UIFlowError(f"Airflow's /auth/token refused '{username}': HTTP {answer.status_code} {answer.text}")
         self.headers = {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.base}/api/v2{path}", headers=self.headers, timeout=30)
+
+    def pause(self, dag_id: str, timeout: float) -> None:
+        """Test setup only (pause_first): wait until the DAG is parsed, then pause it."""
+        deadline = time.monotonic() + timeout
+        while self.get(f"/dags/{dag_id}").status_code != 200:
+            if time.monotonic() > deadline:
+                raise UIFlowError(f"Airflow does not know the DAG {dag_id} after {timeout:.0f} s")
+            time.sleep(POLL_SECONDS)
+        answer = requests.patch(
+            f"{self.base}/api/v2/dags/{dag_id}", json={"is_paused": True}, headers=self.headers, timeout=30
+        )
+        if answer.status_code != 200 or not answer.json().get("is_paused"):
+            raise UIFlowError(f"could not pause {dag_id} for the test: HTTP {answer.status_code} {answer.text}")
 
     def run_path(self, dag_id: str, dag_run_id: str) -> str:
         return f"/dags/{dag_id}/dagRuns/{quote(dag_run_id, safe='')}"
@@ -141,7 +152,10 @@ class _Flow:
         self.context.set_default_timeout(ACTION_TIMEOUT_MS)
         self.context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
         # Cosmetic only: MLflow 3 opens its assistant side panel on first load; keep the screenshots wide.
-        self.context.add_init_script("try { localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false') } catch {}")
+        self.context.add_init_script(
+            "try { localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+            " localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true') } catch (e) {}"
+        )
         self.page: Page = self.context.new_page()
         self.shots_dir = shots_dir
         self.shots: list[Path] = []
@@ -162,9 +176,11 @@ class _Flow:
             try:
                 failure = self.shot(f"FAILED-{name}")
                 where = f"; screenshot {failure}, page {self.page.url}"
-            except Exception as shot_exc:  # noqa: BLE001 - the original error matters more
+            except Exception as shot_exc:  # the original error matters more
                 where = f"; no screenshot ({shot_exc})"
-            raise UIFlowError(f"UI step '{name}' failed after {time.monotonic() - started:.0f} s{where}: {exc}") from exc
+            raise UIFlowError(
+                f"UI step '{name}' failed after {time.monotonic() - started:.0f} s{where}: {exc}"
+            ) from exc
         self.timings[name] = round(time.monotonic() - started, 1)
 
 
@@ -177,7 +193,14 @@ def _airflow_login(flow: _Flow, airflow_url: str, dag_id: str, username: str, pa
     page.locator("input[name=password]").fill(password)
     flow.shot("airflow-login")
     page.locator("input[type=submit], button[type=submit]").first.click()
-    page.wait_for_url(lambda url: "/auth/login" not in url, timeout=ACTION_TIMEOUT_MS)
+    try:
+        page.wait_for_url(lambda url: "/auth/login" not in url, timeout=ACTION_TIMEOUT_MS)
+    except Exception:
+        alerts = [a.strip() for a in page.locator(".alert").all_text_contents() if a.strip()]
+        raise UIFlowError(
+            f"still on the login page after signing in as '{username}' (wrong AIRFLOW_ADMIN_PASSWORD?); "
+            f"the page says: {alerts or 'nothing'}"
+        ) from None
 
 
 def _airflow_open_dag(flow: _Flow, airflow_url: str, dag_id: str, timeout: float) -> None:
@@ -236,32 +259,48 @@ def _airflow_trigger(flow: _Flow, dag_id: str) -> dict:
     return answer.json()
 
 
+def _text(locator: Locator) -> str:
+    """A locator's text, or "" while the page is busy re-rendering or reloading."""
+    try:
+        return (locator.first.text_content(timeout=5_000) or "").strip()
+    except Exception:
+        return ""
+
+
 def _airflow_watch_run(
     flow: _Flow, api: _AirflowReader, airflow_url: str, dag_id: str, dag_run_id: str, timeout: float
 ) -> tuple[str, dict[str, str | None]]:
-    """Watch the run's page until the run is over; the REST API says when, the UI must agree."""
+    """Watch the run's page until the run is over; the REST API says when, the UI must agree.
+
+    One screenshot per state the page shows (queued, running) and per task that starts running.
+    """
     from playwright.sync_api import expect
 
     page = flow.page
-    run_url = f"{airflow_url}/dags/{dag_id}/runs/{quote(dag_run_id, safe='')}"
-    if f"/runs/{dag_run_id}" not in page.url and f"/runs/{quote(dag_run_id, safe='')}" not in page.url:
-        page.goto(run_url)  # the UI opens the new run by itself; this is the fallback
+    try:  # the UI opens the new run's page by itself
+        page.wait_for_url(re.compile(r"/runs/"), timeout=15_000)
+    except Exception:
+        page.goto(f"{airflow_url}/dags/{dag_id}/runs/{quote(dag_run_id, safe='')}")
     badge = page.get_by_test_id("header-card").get_by_test_id("state-badge")
     badge.wait_for(state="visible")
-    started, seen = time.monotonic(), set()
-    state = "queued"
-    while time.monotonic() - started < timeout:
-        state = api.dag_run(dag_id, dag_run_id)["state"]
-        shown = (badge.text_content() or "").strip().lower() if badge.count() else ""
-        if shown and shown not in seen:
-            seen.add(shown)
-            flow.shot(f"airflow-run-{re.sub(r'[^a-z]+', '-', shown)}")
+    started, seen, state = time.monotonic(), set(), "queued"
+    while True:
+        try:
+            state = api.dag_run(dag_id, dag_run_id)["state"]
+            running = sorted(t for t, s in api.task_states(dag_id, dag_run_id).items() if s == "running")
+        except requests.RequestException:  # a busy api-server; the deadline still holds
+            running = []
         if state in ("success", "failed"):
             break
+        shown = _text(badge).lower()
+        for label in ([shown] if shown else []) + [f"{task}-running" for task in running]:
+            if label not in seen:
+                seen.add(label)
+                flow.shot(f"airflow-run-{re.sub(r'[^a-z0-9]+', '-', label.lower())}")
+        if time.monotonic() - started > timeout:
+            tasks = api.task_states(dag_id, dag_run_id)
+            raise UIFlowError(f"{dag_id} run {dag_run_id} still {state} after {timeout:.0f} s; tasks: {tasks}")
         time.sleep(POLL_SECONDS)
-    else:
-        tasks = api.task_states(dag_id, dag_run_id)
-        raise UIFlowError(f"{dag_id} run {dag_run_id} still {state} after {timeout:.0f} s; tasks: {tasks}")
 
     # The page refreshes itself while the run is active; give it time to show the end, then reload once.
     want = re.compile(rf"^\s*{state}\s*$", re.I)
@@ -272,8 +311,7 @@ def _airflow_watch_run(
         try:
             expect(badge).to_have_text(want, timeout=45_000)
         except AssertionError:
-            shown = (badge.text_content() or "").strip()
-            raise UIFlowError(f"the API says the run is {state} but the UI still shows '{shown}'") from None
+            raise UIFlowError(f"the API says the run is {state} but the UI still shows '{_text(badge)}'") from None
     tasks = api.task_states(dag_id, dag_run_id)
     flow.shot(f"airflow-run-{state}")
     return state, tasks
@@ -298,12 +336,11 @@ def _mlflow_open_run(flow: _Flow, mlflow_url: str, experiment: str, mlflow_run_i
         run_link.wait_for(state="visible", timeout=45_000)
     except Exception:
         # Not on the first page of the runs table: ask the table's own search box.
-        search = page.get_by_test_id("search-box").locator("input").first
-        if not search.count():
-            search = page.get_by_placeholder(re.compile("metrics|search", re.I)).first
+        search = page.get_by_test_id("search-box").first  # the <input> itself
         search.fill(f"attributes.run_id = '{mlflow_run_id}'")
         search.press("Enter")
         run_link.wait_for(state="visible")
+    run_link.hover()  # highlights the row in the screenshot
     flow.shot("mlflow-experiment-runs")
     run_link.click()
     page.wait_for_url(re.compile(rf"#/experiments/[^/]+/runs/{mlflow_run_id}"))
@@ -325,7 +362,7 @@ def _mlflow_show_artifact(flow: _Flow, artifact: str) -> dict:
         raise UIFlowError(f"{artifact} is not among the run's artifacts in the UI: {names}") from None
     flow.shot("mlflow-artifacts")
     node.click()
-    image = page.locator(f'img[src*="{artifact}"]').first
+    image = page.locator(f'img[alt="{artifact}"]').first  # the preview (its src is a blob: URL)
     image.wait_for(state="visible")
     page.wait_for_function(
         "img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=ACTION_TIMEOUT_MS
@@ -350,12 +387,15 @@ def run_ui_flow(
     artifact: str = ARTIFACT,
     run_timeout: float = 900,
     dag_timeout: float = 300,
+    pause_first: bool = False,
 ) -> dict:
     """The README's step 6 in the browser; returns what it found. Raises UIFlowError naming the failed step.
 
     airflow_url, mlflow_url: where a browser on this machine reaches the UIs (e.g. http://127.0.0.1:8080).
     shots_dir: emptied of PNGs, then one screenshot per step (NN-step.png); FAILED-step.png on failure.
     run_timeout: how long the DAG run may take; dag_timeout: how long the DAG may take to appear in the UI.
+    pause_first: pause the DAG through the REST API before starting, so the UI toggle is exercised too
+    (this stack creates DAGs unpaused). Only setup: unpausing and triggering happen in the browser.
     """
     from playwright.sync_api import sync_playwright
 
@@ -367,6 +407,8 @@ def run_ui_flow(
     for old in shots.glob("*.png"):
         old.unlink()
     api = _AirflowReader(airflow_url, username, password)
+    if pause_first:
+        api.pause(dag_id, dag_timeout)
     started = time.monotonic()
 
     with sync_playwright() as pw:

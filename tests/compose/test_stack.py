@@ -355,6 +355,22 @@ def test_7_down_without_volumes_then_up_keeps_everything(stack: Stack) -> None:
     _assert_state_survived(stack)
 
 
+def test_7c_the_readme_ui_path_in_a_real_browser(stack: Stack) -> None:
+    """Log in, trigger mlops_pipeline from the Airflow UI, find the run and its confusion matrix in MLflow's UI."""
+    sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    from ui_flow import require_chromium, run_ui_flow
+
+    require_chromium()
+    cfg = read_env_file(stack.env_file)
+    shots = ROOT / "tests" / "artifacts" / "browser" / "compose"
+    result = run_ui_flow(
+        stack.airflow_url, stack.mlflow_url, cfg["AIRFLOW_ADMIN_USERNAME"], cfg["AIRFLOW_ADMIN_PASSWORD"], shots
+    )
+    assert result["dag_run_state"] == "success" and result["triggered_by"] == "ui", result
+    assert result["artifact_image"]["width"] > 100, result
+    stack.expected_runs += 1
+
+
 def test_7b_no_secret_in_the_logs(stack: Stack) -> None:
     logs = stack.compose("logs", "--no-color").stdout
     for key, value in read_env_file(stack.env_file).items():
