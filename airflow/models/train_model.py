@@ -179,8 +179,11 @@ def check_tracking_server(tracking_uri: str, timeout: float = 5.0) -> None:
 
 
 def pip_requirements() -> list[str]:
-    """Explicit requirements: letting MLflow infer them costs ~9 s per run."""
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy")]
+    """Explicit requirements: letting MLflow infer them costs ~9 s per run. The Airflow image has only
+    mlflow-skinny (the client); the model needs MLflow itself to be served, at the same version."""
+    import mlflow
+
+    return [f"mlflow=={mlflow.__version__}"] + [f"{pkg}=={version(pkg)}" for pkg in ("scikit-learn", "skops", "numpy")]
 
 
 def log_run(
