@@ -35,7 +35,7 @@ def training() -> ModuleType:
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=15)},
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=15)},
     tags=["mlops", "iris"],
     doc_md=__doc__,
 )
