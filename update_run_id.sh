@@ -139,7 +139,7 @@ grep -q "^[[:space:]]*\(export[[:space:]]*\)\{0,1\}LATEST_MODEL_RUN_ID=$run_id" 
 mv -f "$tmp" "$env_file"
 trap - EXIT
 
-echo "update_run_id: LATEST_MODEL_RUN_ID=$run_id (newest finished run with a model in experiment '$experiment')"
+echo "update_run_id: LATEST_MODEL_RUN_ID=$run_id (newest finished run with a model in experiment '$experiment' on $uri)"
 echo "update_run_id: now recreate the model-server so it serves this run:"
 echo "    docker compose up -d model-server          # Docker Compose"
 echo "    make local-restart-model                   # local mode"

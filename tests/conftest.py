@@ -46,6 +46,12 @@ def wait_until_up(url: str, timeout: float = 120, proc: subprocess.Popen | None 
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def stack_env(**extra: str) -> dict[str, str]:
+    """The environment for a stack's scripts, without the MLFLOW_* variables other tests (and MLflow's
+    set_tracking_uri) leave in this process: the scripts must read the stack's own .env."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, **extra}
+
+
 def make_env_file(path: Path, **values: str) -> Path:
     """A .env made exactly as `make env` makes it, with test-specific overrides."""
     sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]

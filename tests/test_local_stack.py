@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, free_port, make_env_file, wait_until_up
+from conftest import ROOT, free_port, make_env_file, stack_env, wait_until_up
 from stackenv import read_env_file
 
 pytestmark = pytest.mark.local
@@ -40,7 +40,7 @@ def test_local_demo_end_to_end(tmp_path: Path) -> None:
     ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
     env_file = make_env_file(tmp_path / ".env", **{k: str(v) for k, v in ports.items()})
     state = tmp_path / "state"
-    env = {**os.environ, "ENV_FILE": str(env_file), "LOCAL_STATE_DIR": str(state)}
+    env = stack_env(ENV_FILE=str(env_file), LOCAL_STATE_DIR=str(state))
     try:
         demo = subprocess.run(
             [sys.executable, "scripts/demo.py", "local"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, make_env_file
+from conftest import ROOT, free_port, make_env_file, stack_env
 from stackenv import read_env_file  # scripts/, on sys.path through conftest
 from ui_flow import require_chromium, run_ui_flow
 
@@ -65,7 +65,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     env_file = make_env_file(tmp / ".env", **{k: str(v) for k, v in ports.items()})
     values = read_env_file(env_file)
     state = tmp / "state"
-    env = {**os.environ, "ENV_FILE": str(env_file), "LOCAL_STATE_DIR": str(state)}
+    env = stack_env(ENV_FILE=str(env_file), LOCAL_STATE_DIR=str(state))
     try:
         up = local("up", env, timeout=900)
         if up.returncode != 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, SECRET_KEYS, free_port, make_env_file
+from conftest import ROOT, SECRET_KEYS, free_port, make_env_file, stack_env
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from demo import COMPOSE_CORE, Airflow  # noqa: E402
@@ -54,7 +54,7 @@ class Stack:
         self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
         self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
         self.env = {
-            **os.environ,
+            **stack_env(),
             "COMPOSE_PROJECT_NAME": PROJECT,
             "COMPOSE_ENV_FILES": str(self.env_file),
             "ENV_FILE": str(self.env_file),
