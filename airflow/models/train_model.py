@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -20,6 +21,9 @@ if TYPE_CHECKING:  # heavy imports stay out of module import: the DAG file impor
     from sklearn.ensemble import RandomForestClassifier
 
 log = logging.getLogger(__name__)
+# skops inspects every loaded module when it checks a model's types; inside an Airflow task that touches
+# Airflow's deprecated shims, ~1,160 warnings per task, which Airflow's task logging takes ~3 s to write.
+warnings.filterwarnings("ignore", message=r"The `airflow\..*` attribute is deprecated")
 
 DEFAULT_EXPERIMENT = "mlops_pipeline"
 DEFAULT_MODEL_NAME = "iris-classifier"
