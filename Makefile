@@ -74,3 +74,5 @@ format: venv ## apply ruff's fixes and formatting
 
 test: venv lint ## lint, then every test (the compose suite needs a Docker engine; REQUIRE_DOCKER=1 makes that strict)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+bench: venv ## benchmarks (not part of test, ~15 min): results in benchmarks/results.md; BENCH_ARGS="--help"
+	$(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -1,0 +1,13 @@
+-- wrk script of the serving benchmark: POST the seed's single-row payload, print one machine-readable line.
+wrk.method = "POST"
+wrk.body = '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
+wrk.headers["Content-Type"] = "application/json"
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "connect_errors": %d, "read_errors": %d, "write_errors": %d, ' ..
+    '"status_errors": %d, "timeouts": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
