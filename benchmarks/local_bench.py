@@ -31,7 +31,8 @@ def cycle(workdir: Path, timeout: float = 420) -> dict[str, Any]:
     env_file = workdir / "local.env"
     env_file.unlink(missing_ok=True)
     sets = [a for k, v in ports.items() for a in ("--set", f"{k}={v}")]
-    subprocess.run([sys.executable, "scripts/make_env.py", "--env-file", str(env_file), *sets], cwd=ROOT, check=True)
+    cmd = [sys.executable, "scripts/make_env.py", "--env-file", str(env_file), *sets]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     password = read_env_file(env_file)["AIRFLOW_ADMIN_PASSWORD"]
     state = workdir / "local-state"
     shutil.rmtree(state, ignore_errors=True)

@@ -17,10 +17,14 @@ DAG_ID = "mlops_pipeline"
 def login(airflow_url: str, username: str, password: str, timeout: float) -> Airflow:
     """demo.py's Airflow client, once the API answers (its SystemExit becomes a BenchError)."""
     wait_for("Airflow's API", lambda: status_ok(f"{airflow_url}/api/v2/monitor/health"), timeout)
-    try:
-        return Airflow(airflow_url, username, password)
-    except SystemExit as exc:
-        raise BenchError(str(exc)) from None
+    deadline = time.monotonic() + 30  # the admin user may be created while the API already answers
+    while True:
+        try:
+            return Airflow(airflow_url, username, password)
+        except SystemExit as exc:
+            if time.monotonic() > deadline:
+                raise BenchError(str(exc)) from None
+            time.sleep(0.5)
 
 
 def dag_known(airflow: Airflow) -> bool:

@@ -54,11 +54,11 @@ class Server:
 
 
 def wrk_version() -> str | None:
-    """wrk's version line, or None when wrk is not installed (the Makefile's bench target installs it)."""
+    """wrk's version, or None when wrk is not installed (run.py then installs it)."""
     if shutil.which("wrk") is None:
         return None
     out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    return (out.stdout + out.stderr).splitlines()[0].strip()
+    return (out.stdout + out.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
 
 def install_wrk() -> str | None:
@@ -73,6 +73,7 @@ def install_wrk() -> str | None:
 
 
 def base_env() -> dict[str, str]:
+    """The scripts find mlflow and uvicorn on PATH, as in the images."""
     return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "GIT_PYTHON_REFRESH": "quiet"}
 
 
@@ -221,6 +222,17 @@ def batch_rate(url: str, body: bytes, rows: int, repeats: int = 3) -> float:
     return rows / statistics.median(times)
 
 
+def batch_matrix(servers: list[Server], runs: int) -> dict[str, dict[str, list[float]]]:
+    """Rows per second of every server for every batch size, `runs` times, interleaved."""
+    batches: dict[str, dict[str, list[float]]] = {s.name: {} for s in servers}
+    bodies = {rows: batch_body(rows) for rows in BATCH_ROWS}
+    for _ in range(runs):
+        for rows, body in bodies.items():
+            for server in servers:
+                batches[server.name].setdefault(str(rows), []).append(batch_rate(server.url, body, rows))
+    return batches
+
+
 def inprocess(tracking_uri: str, run_id: str, runs: int, seconds: float, tmp: Path) -> dict[str, Any]:
     """The ceiling, from benchmarks/inprocess.py in its own process."""
     env = {**base_env(), "MLFLOW_TRACKING_URI": tracking_uri}
@@ -266,12 +278,7 @@ def measure(runs: int, seconds: float, tmp: Path) -> dict[str, Any]:
         ceiling = inprocess(tracking_uri, run_id, runs, min(seconds, 3.0), tmp)
         log(f"serving: wrk at {CONNECTIONS} connections, {runs} x {seconds:g} s per point")
         load_matrix(main, runs, seconds)
-        batches: dict[str, dict[str, list[float]]] = {s.name: {} for s in main}
-        bodies = {rows: batch_body(rows) for rows in BATCH_ROWS}
-        for _ in range(runs):
-            for rows, body in bodies.items():
-                for server in main:
-                    batches[server.name].setdefault(str(rows), []).append(batch_rate(server.url, body, rows))
+        batches = batch_matrix(main, runs)
         for server in main:  # only the variants run from here on
             stop(server.proc)
         log("serving: variants (--no-access-log; 2 workers)")
