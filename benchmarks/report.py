@@ -47,7 +47,8 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"`make bench` on {results['started']}, {results['runtime_s'] / 60:.1f} min. Machine: {m['cpu']}, "
+        f"`make bench` on {results['started']}, {results['runtime_s'] / 60:.1f} min (parts "
+        f"{', '.join(results['settings']['parts'])}: {_section_times(results)}). Machine: {m['cpu']}, "
         f"{m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, kernel {m['kernel']}, Docker engine "
         f"{m['docker_engine']}, Compose {m['compose']}. Load average at start "
         f"{' / '.join(f'{x:.1f}' for x in m['load_average_at_start'])}, at the end "
@@ -73,6 +74,13 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines += ["", "## Not measured in this run", ""]
         lines += [f"- **{name}**: {why}" for name, why in results["skipped"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _section_times(results: dict[str, Any]) -> str:
+    times = dict(results["details"].get("section_seconds", {}))
+    build = results["details"].get("compose", {}).get("build_s")
+    parts = [f"{name} {seconds / 60:.1f} min" for name, seconds in times.items()]
+    return ", ".join(parts) + (f"; of which building the images {build:.0f} s" if build is not None else "")
 
 
 def serving_plot(serving: dict[str, Any], cores: int, path: Path) -> Path:
