@@ -1,13 +1,17 @@
-"""Shared fixtures: a real MLflow tracking server (the same entry script compose runs), free ports, .env files."""
+"""Shared fixtures: the entry scripts compose runs, as test services (a real MLflow tracking server among them),
+free ports, .env files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,34 +67,47 @@ def make_env_file(path: Path, **values: str) -> Path:
     return path
 
 
+@contextmanager
+def service(
+    script: Path, log: Path, env: Mapping[str, str], health_url: str | None, timeout: float = 120
+) -> Iterator[subprocess.Popen]:
+    """Run an entry script (mlflow/*.sh) as its own process group, the venv's bin dir first on PATH, output to
+    `log`; wait until `health_url` answers (None: do not wait). The group because the script execs a server that
+    forks workers: stopping the group stops them all. A failed start raises with the log's tail: the script and
+    the server say why only there."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(script)], env={**env, "PATH": path}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            if health_url is not None:
+                try:
+                    wait_until_up(health_url, timeout=timeout, proc=proc)
+                except (RuntimeError, TimeoutError) as exc:
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+                    raise RuntimeError(f"{script.name}: {exc}; the last lines of {log}:\n{tail}") from exc
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """mlflow/tracking-server.sh on a free loopback port with a throwaway store."""
     data = tmp_path_factory.mktemp("mlruns")
     port = free_port()
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_DATA_DIR": str(data),
-        "MLFLOW_HOST": "127.0.0.1",
-        "MLFLOW_PORT": str(port),
-    }
-    log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(ROOT / "mlflow" / "tracking-server.sh")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    env = {**os.environ, "MLFLOW_DATA_DIR": str(data), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port)}
     uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{uri}/health", proc=proc)
+    with service(ROOT / "mlflow" / "tracking-server.sh", data / "server.log", env, f"{uri}/health"):
         yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, free_port, wait_until_up
+from conftest import ROOT, free_port, service
 
 LIMIT = 1024 * 1024  # MODEL_SERVER_MAX_BODY_BYTES for this server: oversized bodies stay cheap
 MIN_REQUESTS = 1000
@@ -408,7 +407,6 @@ def model_server(
     port = free_port()
     env = {
         **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": tracking_server,
         "MODEL_SERVER_HOST": "127.0.0.1",
         "MODEL_SERVER_PORT": str(port),
@@ -416,17 +414,9 @@ def model_server(
         "MODEL_SERVER_MAX_BODY_BYTES": str(LIMIT),
     }
     log_path = tmp_path_factory.mktemp("fuzz-model-server") / "server.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed below
-    script = str(ROOT / "mlflow" / "model-server.sh")
-    proc = subprocess.Popen([script], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/ping", timeout=120, proc=proc)
+    with service(ROOT / "mlflow" / "model-server.sh", log_path, env, f"{url}/ping", timeout=120) as proc:
         yield proc, url, log_path
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
 
 
 def send(session: requests.Session, url: str, case: Case) -> requests.Response:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 import train_model
-from conftest import ROOT, free_port, wait_until_up
+from conftest import ROOT, free_port, service
 
 USER, PASSWORD = "admin", "s3cret-for-tests"
 
@@ -26,7 +26,8 @@ def venv_env(**extra: str) -> dict[str, str]:
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("mlruns-auth")
     port = free_port()
-    env = venv_env(
+    env = dict(
+        os.environ,
         MLFLOW_DATA_DIR=str(data),
         MLFLOW_HOST="127.0.0.1",
         MLFLOW_PORT=str(port),
@@ -34,22 +35,9 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         MLFLOW_AUTH_ADMIN_USERNAME=USER,
         MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD,
     )
-    with open(data / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(ROOT / "mlflow" / "tracking-server.sh")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        uri = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_up(f"{uri}/health", proc=proc, timeout=180)
-            yield uri
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+    uri = f"http://127.0.0.1:{port}"
+    with service(ROOT / "mlflow" / "tracking-server.sh", data / "server.log", env, f"{uri}/health", timeout=180):
+        yield uri
 
 
 def test_placeholder_password_is_refused(tmp_path: Path) -> None:
@@ -92,7 +80,8 @@ def test_training_update_run_id_and_serving_log_in(
     assert anonymous.read_text() == "A=1\n"
 
     port = free_port()
-    server_env = venv_env(
+    server_env = dict(
+        os.environ,
         MLFLOW_TRACKING_URI=auth_server,
         MLFLOW_TRACKING_USERNAME=USER,
         MLFLOW_TRACKING_PASSWORD=PASSWORD,
@@ -100,18 +89,7 @@ def test_training_update_run_id_and_serving_log_in(
         MODEL_SERVER_HOST="127.0.0.1",
         MODEL_SERVER_PORT=str(port),
     )
-    with open(tmp_path / "model-server.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(ROOT / "mlflow" / "model-server.sh")],
-            env=server_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_until_up(f"http://127.0.0.1:{port}/ping", timeout=120, proc=proc)
-            answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
-            assert answer.json() == {"predictions": [0]}
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+    log = tmp_path / "model-server.log"
+    with service(ROOT / "mlflow" / "model-server.sh", log, server_env, f"http://127.0.0.1:{port}/ping", timeout=120):
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+        assert answer.json() == {"predictions": [0]}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -16,16 +14,15 @@ import requests
 from mlflow import MlflowClient
 
 import train_model
-from conftest import ROOT, free_port, wait_until_up
+from conftest import ROOT, free_port, service
 
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+MODEL_SERVER = ROOT / "mlflow" / "model-server.sh"
 
 
-def start_server(tracking_server: str, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    full_env = {
+def server_env(tracking_server: str, port: int, **env: str) -> dict[str, str]:
+    return {
         **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": tracking_server,
         "MODEL_SERVER_HOST": "127.0.0.1",
         "MODEL_SERVER_PORT": str(port),
@@ -33,20 +30,6 @@ def start_server(tracking_server: str, log_path: Path, **env: str) -> tuple[subp
         "LATEST_MODEL_RUN_ID": "",
         **env,
     }
-    log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [str(ROOT / "mlflow" / "model-server.sh")],
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
 
 
 def wait_for_version(url: str, version: str, timeout: float = 90) -> None:
@@ -65,11 +48,10 @@ def wait_for_version(url: str, version: str, timeout: float = 90) -> None:
 def champion_server(tracking_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     name = f"iris-serve-{uuid.uuid4().hex[:8]}"
     log = tmp_path_factory.mktemp("model-server") / "server.log"
-    proc, url = start_server(tracking_server, log, REGISTERED_MODEL_NAME=name)
-    try:
-        yield name, url, log
-    finally:
-        stop_server(proc)
+    port = free_port()
+    # No health check: without a champion /ping answers 503, which test_1 checks.
+    with service(MODEL_SERVER, log, server_env(tracking_server, port, REGISTERED_MODEL_NAME=name), None):
+        yield name, f"http://127.0.0.1:{port}", log
 
 
 def promote(tracking_server: str, name: str, **cfg: int) -> str:
@@ -175,12 +157,11 @@ def test_4_keeps_serving_when_the_new_champion_cannot_load(tracking_server: str,
 
 def test_fixed_run_id_serves_exactly_that_run(tracking_server: str, trained_run: str, tmp_path: Path) -> None:
     """The seed's flow: LATEST_MODEL_RUN_ID pins the model, whatever the registry says."""
-    proc, url = start_server(tracking_server, tmp_path / "fixed.log", LATEST_MODEL_RUN_ID=trained_run)
-    try:
-        wait_until_up(f"{url}/ping", timeout=90, proc=proc)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = server_env(tracking_server, port, LATEST_MODEL_RUN_ID=trained_run)
+    with service(MODEL_SERVER, tmp_path / "fixed.log", env, f"{url}/ping", timeout=90):
         answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
         assert answer.json() == {"predictions": [0]}
         assert answer.headers["X-Model-Run-Id"] == trained_run
         assert answer.headers["X-Model-Uri"] == f"runs:/{trained_run}/model"
-    finally:
-        stop_server(proc)

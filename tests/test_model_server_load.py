@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import ROOT, free_port, wait_until_up
+from conftest import ROOT, free_port, service
 
 SEED = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
 EXPECTED = {"predictions": [0]}
@@ -99,28 +98,15 @@ def model_server(
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MODEL_SERVER_")},
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": tracking_server,
         "MODEL_SERVER_HOST": "127.0.0.1",
         "MODEL_SERVER_PORT": str(port),
         "LATEST_MODEL_RUN_ID": trained_run,
     }
-    log = open(tmp_path_factory.mktemp("load-model-server") / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(ROOT / "mlflow" / "model-server.sh")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path_factory.mktemp("load-model-server") / "server.log"
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/ping", timeout=120, proc=proc)
+    with service(ROOT / "mlflow" / "model-server.sh", log, env, f"{url}/ping", timeout=120) as proc:
         yield proc, url
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
 
 
 # --- the client
