@@ -165,3 +165,54 @@ def test_fixed_run_id_serves_exactly_that_run(tracking_server: str, trained_run:
         assert answer.json() == {"predictions": [0]}
         assert answer.headers["X-Model-Run-Id"] == trained_run
         assert answer.headers["X-Model-Uri"] == f"runs:/{trained_run}/model"
+
+
+# Requests the short path takes and requests it must leave to MLflow's parser (other keys, other formats, errors).
+SHORT_PATH_CASES = [
+    SEED,
+    {"inputs": [[5, 3, 1, 0], [6.7, 3.0, 5.2, 2.3]]},
+    {"inputs": [["5.1", 3.5, 1.4, 0.2]]},
+    {"inputs": [[10**30, 1, 2, 3]]},
+    {"inputs": [[float(i % 8), 3.0, 1.5, 0.25] for i in range(1000)]},
+]
+MLFLOW_PATH_CASES = [
+    {"instances": [[6.7, 3.0, 5.2, 2.3]]},
+    {"inputs": [[1, 2, 3]]},
+    {"inputs": []},
+    {"inputs": [[1, 2, 3, 4], [1, 2]]},
+    {"inputs": [{"a": 1}]},
+    {"inputs": [[1, 2, 3, 4]], "params": {"x": 1}},
+    {"dataframe_split": {"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2]]}},
+    ["inputs"],
+]
+
+
+def test_short_path_answers_byte_for_byte_as_mlflow(
+    tracking_server: str, trained_run: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve.py's short path for {"inputs": ...} must be invisible: same status, same bytes as MLflow's own
+    scoring_server.invocations, and requests it does not cover must reach MLflow's parser."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    monkeypatch.syspath_prepend(str(ROOT / "mlflow"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    import serve
+
+    loaded = serve.load(f"runs:/{trained_run}/model")
+    assert loaded.tensor_spec is not None, "the trained model's signature should be one tensor"
+
+    def mlflow_answer(body: bytes) -> tuple[int, bytes]:
+        try:
+            result = scoring_server.invocations(body, "application/json", loaded.model, loaded.input_schema)
+        except MlflowException as exc:
+            return exc.get_http_status_code(), exc.serialize_as_json().encode()
+        return result.status, result.response.encode()
+
+    for case, short in [(c, True) for c in SHORT_PATH_CASES] + [(c, False) for c in MLFLOW_PATH_CASES]:
+        body = json.dumps(case).encode()
+        assert (loaded._short_path(body, "application/json") is not None) is short, case
+        ours = loaded.score(body, "application/json")
+        assert (ours.status, ours.body) == mlflow_answer(body), case
