@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 # uv from PATH, else a pinned copy bootstrapped into .local/tools (needs only python3 with venv).
 UV := $(or $(shell command -v uv 2>/dev/null),.local/tools/bin/uv)
 export COMPOSE_BAKE := false
+# MLflow 3 sends usage telemetry unless told not to (the images set the same): local mode, tests and benchmarks
+# must not reach the internet at run time.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
 
 .PHONY: help env venv demo up down logs local-demo local-up local-down local-status local-restart-model \
         test lint format bench clean

@@ -286,7 +286,7 @@ def serving_figures(data: dict, cores: int) -> list[dict]:
 
 
 def compose_serving_figures(point: dict[str, list[dict]]) -> list[dict]:
-    section = "4. Serving: the compose model-server (1 worker), 4 connections"
+    section = "4. Serving: the compose model-server (default workers), 4 connections"
     rows = []
     for path, runs in point.items():
         label = {

@@ -115,9 +115,18 @@ def wait_ready(servers: list[Server]) -> list[Server]:
     return servers
 
 
-def model_server(tmp: Path, tracking_uri: str, run_id: str, workers: int = 1, access_log: bool = True) -> Server:
-    """mlflow/model-server.sh serving runs:/RUN_ID/model, or (access_log=False) its uvicorn line plus
-    --no-access-log: the one flag a tuning recommendation is measured for."""
+def default_workers() -> int:
+    """model-server.sh's default: one worker per CPU core this process may use, at most 4."""
+    return min(len(os.sched_getaffinity(0)), 4)
+
+
+def model_server(
+    tmp: Path, tracking_uri: str, run_id: str, workers: int | None = None, access_log: bool = True
+) -> Server:
+    """mlflow/model-server.sh serving runs:/RUN_ID/model with its default worker count (or `workers`), or
+    (access_log=False) its uvicorn line plus --no-access-log: the one flag a tuning recommendation is measured for."""
+    default = workers is None
+    workers = default_workers() if workers is None else workers
     port = free_port()
     env = {
         **base_env(),
@@ -126,18 +135,19 @@ def model_server(tmp: Path, tracking_uri: str, run_id: str, workers: int = 1, ac
         "MODEL_URI": f"runs:/{run_id}/model",
         "MODEL_SERVER_HOST": "127.0.0.1",
         "MODEL_SERVER_PORT": str(port),
-        "MODEL_SERVER_WORKERS": str(workers),
+        "MODEL_SERVER_WORKERS": "" if default else str(workers),
     }
     cmd = [str(ROOT / "mlflow" / "model-server.sh")]
     if not access_log:
         cmd = [str(VENV_BIN / "uvicorn"), "serve:create_app", "--factory", "--app-dir", str(ROOT / "mlflow")]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log"]
-    name = "model-server" + ("" if access_log else " --no-access-log") + (f" x{workers}" if workers > 1 else "")
+    name = "model-server" + ("" if access_log else " --no-access-log") + ("" if default else f" x{workers}")
     return start_server(name, cmd, env, tmp, port, workers)
 
 
-def reference_server(tmp: Path, tracking_uri: str, run_id: str, workers: int = 1) -> Server:
-    """benchmarks/ref_server.py under the same uvicorn settings as model-server.sh."""
+def reference_server(tmp: Path, tracking_uri: str, run_id: str) -> Server:
+    """benchmarks/ref_server.py under the same uvicorn settings as model-server.sh (same worker count)."""
+    workers = default_workers()
     port = free_port()
     env = {**base_env(), "MLFLOW_TRACKING_URI": tracking_uri, "MODEL_URI": f"runs:/{run_id}/model"}
     cmd = [str(VENV_BIN / "uvicorn"), "ref_server:create_app", "--factory", "--app-dir", str(BENCH)]
@@ -281,16 +291,16 @@ def measure(runs: int, seconds: float, tmp: Path) -> dict[str, Any]:
         batches = batch_matrix(main, runs)
         for server in main:  # only the variants run from here on
             stop(server.proc)
-        log("serving: variants (--no-access-log; 2 workers)")
-        quiet, two = (
+        log("serving: variants (--no-access-log; 1 worker)")
+        quiet, one = (
             model_server(tmp, tracking_uri, run_id, access_log=False),
-            model_server(tmp, tracking_uri, run_id, 2),
+            model_server(tmp, tracking_uri, run_id, 1),
         )
-        procs += [quiet.proc, two.proc]
-        wait_ready([quiet, two])
+        procs += [quiet.proc, one.proc]
+        wait_ready([quiet, one])
         variant_points([quiet], (4,), runs, seconds)
-        variant_points([two], (4, 16), runs, seconds)
-        variants = [quiet, two]
+        variant_points([one], (1, 4), runs, seconds)
+        variants = [quiet, one]
     finally:
         for proc in reversed(procs):
             stop(proc)

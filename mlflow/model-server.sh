@@ -7,7 +7,7 @@
 # Usage: model-server.sh               (settings come from the environment)
 #   MLFLOW_TRACKING_URI        where runs and the registry live   (default http://mlflow-server:5000)
 #   MODEL_SERVER_HOST / _PORT  where to listen                    (default 0.0.0.0:5001)
-#   MODEL_SERVER_WORKERS       uvicorn worker processes           (default 1)
+#   MODEL_SERVER_WORKERS       uvicorn worker processes           (default: one per CPU core, at most 4)
 #   REGISTERED_MODEL_NAME, MODEL_POLL_SECONDS, MODEL_SERVER_MAX_BODY_BYTES: see serve.py
 #
 # It never exits for want of a model (a restart policy would turn that into a crash loop): until one can be
@@ -31,8 +31,19 @@ else
   export MODEL_URI=""
   echo "model-server: LATEST_MODEL_RUN_ID is empty: following models:/${REGISTERED_MODEL_NAME:-iris-classifier}@champion on $MLFLOW_TRACKING_URI" >&2
 fi
+# A worker scores one request at a time (predict holds the GIL), so throughput comes from processes: one per core.
+# At most 4 by default, so the default memory ceiling (1g, ~200 MB per worker) holds on bigger machines.
+workers="${MODEL_SERVER_WORKERS:-}"
+if [ -z "$workers" ]; then
+  workers="$(nproc)"
+  [ "$workers" -le 4 ] || workers=4
+elif ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
+  echo "model-server: MODEL_SERVER_WORKERS='$workers' must be a positive whole number (or empty for one per core)." >&2
+  exit 2
+fi
+echo "model-server: $workers uvicorn worker(s)" >&2
 exec uvicorn serve:create_app --factory \
   --app-dir "$(cd "$(dirname "$0")" && pwd)" \
   --host "${MODEL_SERVER_HOST:-0.0.0.0}" \
   --port "${MODEL_SERVER_PORT:-5001}" \
-  --workers "${MODEL_SERVER_WORKERS:-1}"
+  --workers "$workers"

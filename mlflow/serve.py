@@ -33,6 +33,7 @@ Usage (see model-server.sh): uvicorn --factory serve:create_app, configured by t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -200,18 +201,22 @@ class ModelServer:
         self._last_hint = 0.0
 
     # --- model management (a background thread; the event loop never blocks on loading)
-    def start(self) -> None:
-        threading.Thread(target=self._watch, name="model-watcher", daemon=True).start()
+    def start(self) -> threading.Event:
+        """Start watching; the event is set once the first load attempt is over (loaded, or nothing to load)."""
+        first_attempt = threading.Event()
+        threading.Thread(target=self._watch, args=(first_attempt,), name="model-watcher", daemon=True).start()
+        return first_attempt
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _watch(self) -> None:
+    def _watch(self, first_attempt: threading.Event) -> None:
         while not self._stop.is_set():
             try:
                 self.refresh()
             except Exception:  # keep serving whatever is loaded; say why the new one is not
                 log.exception("model-server: could not load the new model; still serving %s", self.describe())
+            first_attempt.set()
             self._stop.wait(self.poll_seconds if self.current else min(self.poll_seconds, 5))
             if self.fixed_uri and self.current:
                 return  # a fixed model never changes
@@ -336,7 +341,11 @@ class ModelServer:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.start()
+                # uvicorn accepts connections only after startup: a worker that starts while a model exists
+                # loads it first, so no worker answers 503 beside one that serves (MODEL_SERVER_WORKERS > 1).
+                first_attempt = self.start()
+                while not first_attempt.is_set():
+                    await asyncio.sleep(0.05)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.stop()

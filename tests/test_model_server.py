@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -28,6 +29,8 @@ def server_env(tracking_server: str, port: int, **env: str) -> dict[str, str]:
         "MODEL_SERVER_PORT": str(port),
         "MODEL_POLL_SECONDS": "1",
         "LATEST_MODEL_RUN_ID": "",
+        # One process, so the swap is seen in one order (each worker of several swaps on its own poll).
+        "MODEL_SERVER_WORKERS": "1",
         **env,
     }
 
@@ -156,15 +159,26 @@ def test_4_keeps_serving_when_the_new_champion_cannot_load(tracking_server: str,
 
 
 def test_fixed_run_id_serves_exactly_that_run(tracking_server: str, trained_run: str, tmp_path: Path) -> None:
-    """The seed's flow: LATEST_MODEL_RUN_ID pins the model, whatever the registry says."""
+    """The seed's flow: LATEST_MODEL_RUN_ID pins the model, whatever the registry says. With the default
+    worker count (one per core, at most 4), every worker has the model before it takes a connection."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = server_env(tracking_server, port, LATEST_MODEL_RUN_ID=trained_run)
-    with service(MODEL_SERVER, tmp_path / "fixed.log", env, f"{url}/ping", timeout=90):
-        answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
-        assert answer.json() == {"predictions": [0]}
-        assert answer.headers["X-Model-Run-Id"] == trained_run
-        assert answer.headers["X-Model-Uri"] == f"runs:/{trained_run}/model"
+    env = server_env(tracking_server, port, LATEST_MODEL_RUN_ID=trained_run, MODEL_SERVER_WORKERS="")
+    log = tmp_path / "fixed.log"
+    with service(MODEL_SERVER, log, env, f"{url}/ping", timeout=90):
+        for _ in range(20):  # a new connection each: any worker may answer
+            answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
+            assert answer.status_code == 200 and answer.json() == {"predictions": [0]}, answer.text
+            assert answer.headers["X-Model-Run-Id"] == trained_run
+            assert answer.headers["X-Model-Uri"] == f"runs:/{trained_run}/model"
+    workers = min(len(os.sched_getaffinity(0)), 4)
+    assert f"model-server: {workers} uvicorn worker(s)" in log.read_text()
+
+
+def test_worker_count_must_be_a_whole_number(tmp_path: Path) -> None:
+    env = {**os.environ, "MODEL_SERVER_WORKERS": "two", "LATEST_MODEL_RUN_ID": ""}
+    done = subprocess.run([str(MODEL_SERVER)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "MODEL_SERVER_WORKERS='two' must be a positive whole number" in done.stderr
 
 
 # Requests the short path takes and requests it must leave to MLflow's parser (other keys, other formats, errors).

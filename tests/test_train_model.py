@@ -15,7 +15,7 @@ import train_model
 def test_run_logs_params_metrics_and_a_model(tracking_server: str, trained_run: str) -> None:
     run = MlflowClient(tracking_server).get_run(trained_run)
     assert run.info.status == "FINISHED"
-    assert run.data.params["n_estimators"] == "100"
+    assert run.data.params["n_estimators"] == str(train_model.TrainConfig().n_estimators)
     assert run.data.params["max_depth"] == "3"
     assert run.data.metrics["accuracy"] >= 0.9
     assert run.outputs.model_outputs, "the run lists no logged model"

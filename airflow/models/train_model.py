@@ -46,7 +46,9 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    n_estimators: int = 100
+    # 40 trees: the smallest forest with the 10-fold CV accuracy of 100 on Iris (0.967 at max_depth 3), and a
+    # 2.5x cheaper predict for the model-server (scikit-learn spends ~0.1 ms per tree per call; benchmarks/).
+    n_estimators: int = 40
     max_depth: int | None = 3
     test_size: float = 0.2
     random_state: int = 42
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or http://localhost:5000")
     parser.add_argument("--experiment", help=f"default: $MLFLOW_EXPERIMENT_NAME or {DEFAULT_EXPERIMENT}")
-    parser.add_argument("--n-estimators", help="default: $RF_N_ESTIMATORS or 100")
+    parser.add_argument("--n-estimators", help="default: $RF_N_ESTIMATORS or 40")
     parser.add_argument("--max-depth", help="default: $RF_MAX_DEPTH or 3 ('none' for unlimited)")
     parser.add_argument("--register", action="store_true", help="also register the model and apply the gate")
     args = parser.parse_args(argv)

@@ -171,6 +171,13 @@ def test_1b_containers_run_unprivileged_and_publish_only_loopback(stack: Stack) 
     assert volume_init["CapDrop"] == ["ALL"] and added <= {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
 
 
+def test_1e_no_service_phones_home(stack: Stack) -> None:
+    """MLflow 3 sends usage telemetry by default; nothing here may reach the internet at run time."""
+    probe = "from mlflow.telemetry.utils import is_telemetry_disabled as off; assert off(), 'telemetry is on'"
+    for name in ("airflow-scheduler", "mlflow-server", "model-server"):
+        stack.compose("exec", "-T", name, "python", "-c", probe)
+
+
 def test_1c_no_secret_in_images_or_their_history(stack: Stack) -> None:
     secrets = [v for k, v in read_env_file(stack.env_file).items() if k in SECRET_KEYS]
     for image in (stack.env["AIRFLOW_IMAGE"], stack.env["MLFLOW_IMAGE"]):
@@ -210,18 +217,19 @@ def test_3_airflow_refuses_anonymous_calls_and_runs_the_dag(stack: Stack) -> Non
 
 
 def test_3b_model_server_follows_the_promoted_champion_without_a_restart(stack: Stack) -> None:
-    deadline = time.monotonic() + 120
-    while True:
+    """Every worker (one per core) polls the registry on its own: until each has switched, a worker may still
+    answer 503; then 10 answers in a row, each on a new connection, must come from version 1."""
+    deadline, in_a_row, answer = time.monotonic() + 120, 0, None
+    while in_a_row < 10:
         try:
-            info = requests.get(f"{stack.model_url}/model", timeout=5).json()
+            answer = requests.post(f"{stack.model_url}/invocations", json=SEED_PAYLOAD, timeout=30)
+            served = answer.status_code == 200 and answer.headers.get("X-Model-Version") == "1"
         except requests.RequestException:
-            info = {}
-        if info.get("model_version") == "1":
-            break
-        assert time.monotonic() < deadline, info
-        time.sleep(2)
-    answer = requests.post(f"{stack.model_url}/invocations", json=SEED_PAYLOAD, timeout=30)
-    assert answer.json() == {"predictions": [0]}
+            served = False
+        in_a_row = in_a_row + 1 if served else 0
+        assert time.monotonic() < deadline, answer.text if answer is not None else "no answer"
+        time.sleep(0.1 if served else 2)
+    assert answer is not None and answer.json() == {"predictions": [0]}
     assert answer.headers["X-Model-Uri"] == "models:/iris-classifier/1"
     assert stack.inspect("model-server")["RestartCount"] == 0
 
@@ -232,7 +240,7 @@ def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> No
     run = runs[0]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-    assert params["n_estimators"] == "100" and params["max_depth"] == "3"
+    assert params["n_estimators"] == "40" and params["max_depth"] == "3"
     assert metrics["accuracy"] >= 0.9
     model_id = run["outputs"]["model_outputs"][0]["model_id"]
     model = requests.get(f"{stack.mlflow_url}/api/2.0/mlflow/logged-models/{model_id}", timeout=10).json()["model"]
