@@ -69,9 +69,6 @@ services:
         --lastname User --role Admin --email admin@example.com > /dev/null 2>&1 &)
         && exec airflow api-server
   airflow-scheduler:
-    depends_on:
-      airflow-webserver:
-        condition: service_started  # tasks need the API only once they run, seconds after a trigger
     environment:
       AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME: "0.25"
       # skops probes every loaded module for each scipy ufunc; Airflow's deprecated-attribute shims answer with

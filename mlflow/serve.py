@@ -27,7 +27,7 @@ Before any model exists it answers ``/ping`` with 503 (unhealthy) and says in it
 Usage (see model-server.sh): uvicorn --factory serve:create_app, configured by the environment:
   MODEL_URI                  a fixed model (e.g. runs:/<id>/model); empty: follow the champion
   REGISTERED_MODEL_NAME      the registered model to follow (default iris-classifier)
-  MODEL_POLL_SECONDS         how often to check the alias (default 10)
+  MODEL_POLL_SECONDS         how often to check the alias (default 5)
   MODEL_SERVER_MAX_BODY_BYTES  request size limit (default 10 MiB)
 """
 
@@ -358,6 +358,6 @@ def create_app() -> ModelServer:
     return ModelServer(
         fixed_uri=os.environ.get("MODEL_URI", ""),
         model_name=os.environ.get("REGISTERED_MODEL_NAME") or "iris-classifier",
-        poll_seconds=float(os.environ.get("MODEL_POLL_SECONDS") or 10),
+        poll_seconds=float(os.environ.get("MODEL_POLL_SECONDS") or 5),
         max_body=int(os.environ.get("MODEL_SERVER_MAX_BODY_BYTES") or 10 * 1024 * 1024),
     )
