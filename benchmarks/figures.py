@@ -331,11 +331,14 @@ def _serving_note(data: dict | None) -> str:
         if server["load"].get("c4")
     }
     overhead = "; ".join(f"{name} {ms - 1000 / per_core:+.1f} ms" for name, ms in cpu.items())
+    share = data.get("profile", {}).get("share", {})
+    where = "; ".join(f"{name} {100 * v:.0f}%" for name, v in sorted(share.items(), key=lambda kv: -kv[1]) if v)
     return (
         f"One in-process pyfunc predict of one row costs {1000 / per_core:.1f} ms of CPU ({1000 / raw:.1f} ms in "
         f"scikit-learn's RandomForest itself), so one worker cannot answer the last of 4 concurrent requests in "
         f"less than about {4000 / per_core:.0f} ms. CPU per request beyond that predict, at 4 connections: "
         f"{overhead}."
+        + (f" Where the model-server's CPU goes at 4 connections (py-spy, innermost frame): {where}." if where else "")
     )
 
 

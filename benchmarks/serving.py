@@ -193,6 +193,47 @@ def load_matrix(servers: list[Server], runs: int, seconds: float) -> None:
         log(f"  serving: run {run + 1}/{runs} done")
 
 
+# Where a profiled sample's innermost frame lies (py-spy's "(file:line)", stdlib files without a directory),
+# for the breakdown of a request's CPU. The first bucket that matches wins.
+PROFILE_BUCKETS = (
+    ("scikit-learn/joblib per-tree wrapper (re-applies config and every warning filter for each tree)",
+     ("sklearn/utils/parallel.py", "sklearn/_config.py", "(warnings.py", "(contextlib.py", "(functools.py", "(re/",
+      "joblib/")),
+    ("scikit-learn predict (tree traversal, input checks)", ("sklearn/",)),
+    ("MLflow pyfunc (schema enforcement)", ("mlflow/",)),
+    ("JSON and numpy conversion", ("(json/", "numpy/")),
+    ("HTTP (uvicorn, asyncio) and serve.py", ("uvicorn/", "(asyncio/", "httptools", "uvloop", "serve.py")),
+)  # fmt: skip
+
+
+def profile(server: Server, seconds: float, tmp: Path) -> dict[str, Any]:
+    """py-spy samples of the server's processes (--subprocesses: every worker) while wrk runs at 4 connections:
+    the share of CPU samples per bucket of PROFILE_BUCKETS, by the file of the innermost frame."""
+    spy = VENV_BIN / "py-spy"
+    if not spy.exists():
+        return {"skipped": "py-spy is not installed (uv sync --group dev)"}
+    raw = tmp / f"profile-{server.name.replace(' ', '_')}.txt"
+    cmd = [str(spy), "record", "--pid", str(server.proc.pid), "--subprocesses", "--nonblocking", "--rate", "250"]
+    cmd += ["--duration", str(int(seconds)), "--format", "raw", "--output", str(raw)]
+    recorder = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    wrk(f"{server.url}/invocations", 4, seconds)
+    _, err = recorder.communicate(timeout=seconds + 60)
+    if recorder.returncode != 0 or not raw.exists():
+        return {"skipped": f"py-spy failed: {err.strip()[-300:]}"}
+    shares: dict[str, int] = {name: 0 for name, _ in PROFILE_BUCKETS}
+    shares["other"] = total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        leaf, n = stack.rsplit(";", 1)[-1], int(count)
+        total += n
+        name = next((b for b, parts in PROFILE_BUCKETS if any(p in leaf for p in parts)), "other")
+        shares[name] += n
+    return {"samples": total, "share": {k: round(v / total, 3) for k, v in shares.items()} if total else {}}
+
+
 def variant_points(servers: list[Server], connections: tuple[int, ...], runs: int, seconds: float) -> None:
     for server in servers:
         wrk(f"{server.url}/invocations", 4, 1.0)
@@ -289,6 +330,8 @@ def measure(runs: int, seconds: float, tmp: Path) -> dict[str, Any]:
         log(f"serving: wrk at {CONNECTIONS} connections, {runs} x {seconds:g} s per point")
         load_matrix(main, runs, seconds)
         batches = batch_matrix(main, runs)
+        log("serving: py-spy profile of the model-server at 4 connections")
+        profiled = profile(main[0], max(seconds, 5.0), tmp)
         for server in main:  # only the variants run from here on
             stop(server.proc)
         log("serving: variants (--no-access-log; 1 worker)")
@@ -309,4 +352,5 @@ def measure(runs: int, seconds: float, tmp: Path) -> dict[str, Any]:
         "ceiling": ceiling,
         "servers": {s.name: {"workers": s.workers, "load": s.results} for s in main + variants},
         "batches": batches,
+        "profile": profiled,
     }
