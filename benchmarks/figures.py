@@ -13,6 +13,7 @@ MEMORY_TARGET_MIB = 1536
 IMAGE_TARGET_MB = 900
 FIRST_PREDICTION_TARGET_S = 60
 P99_TARGET_MS = 25
+TRAINING_TARGET_S = 8
 THROUGHPUT_SHARE, BATCH_SHARE = 0.8, 0.5
 
 
@@ -192,7 +193,7 @@ def warm_figures(runs: list[dict], section: str, reference: list[dict] | None = 
     """DAG runs on warm services: trigger to success, split into the tasks' work and Airflow's own overhead
     (queueing, scheduling gaps, process start), per task; and the share of the work spent logging warnings."""
     whole = [
-        ("Trigger to success (client, polling every 0.2 s)", lambda r: r["client_s"]),
+        ("DAG run on warm services: trigger to success (client, polling every 0.2 s)", lambda r: r["client_s"]),
         ("Queued to success (Airflow's timestamps)", lambda r: r["total_s"]),
         ("Task work (sum of task durations)", lambda r: r["work_s"]),
         ("Airflow overhead (queued to success minus work)", lambda r: r["overhead_s"]),
@@ -200,7 +201,16 @@ def warm_figures(runs: list[dict], section: str, reference: list[dict] | None = 
         ("of which: last task end to run success", lambda r: r["last_task_to_success_s"]),
     ]
     rows = [
-        figure(section, name, _column(runs, get), "s", reference=_ref(reference, get, "s", "")) for name, get in whole
+        figure(
+            section,
+            name,
+            _column(runs, get),
+            "s",
+            reference=_ref(reference, get, "s", ""),
+            # The issue's target, on the stack as shipped (the proposed variant is compared with it instead).
+            target=TRAINING_TARGET_S if name.startswith("DAG run") and reference is None else None,
+        )
+        for name, get in whole
     ]
     parts = [
         ("gap before it (scheduling, queueing, process start)", "gap_s"),

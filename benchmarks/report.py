@@ -42,6 +42,42 @@ def table(rows: list[dict]) -> list[str]:
     return out
 
 
+# The README's table of targets lies between these two lines; `make bench` rewrites what is between them.
+README_START = "<!-- make bench writes the table below; edit benchmarks/report.py, not the table -->"
+README_END = "<!-- end of the make bench table -->"
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The targets of one run, for the README: median, min - max, the same run's reference, the verdict."""
+    m = results["machine"]
+    lines = [
+        f"`make bench` of {results['started'][:10]} on {m['cpu']}, {m['cores']} cores (every figure the median of "
+        "its runs, min - max beside it; benchmarks/results.md has all of them):",
+        "",
+        "| Target | Median (min - max) | Reference, same run | Verdict |",
+        "|---|---|---|---|",
+    ]
+    for row in results["figures"]:
+        if row["target"] is None:
+            continue
+        spread = f" ({fmt(row['min'], row['unit'])} - {fmt(row['max'], row['unit'])})" if row["n"] > 1 else ""
+        cells = [row["name"], fmt(row["median"], row["unit"]) + spread, row["reference"], verdict(row)]
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(results: dict[str, Any], readme: Path) -> None:
+    """Replace the table between README_START and README_END; atomic, and the README is untouched on error."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: the lines {README_START!r} and {README_END!r} are missing; README unchanged")
+    new = text[: start + len(README_START)] + "\n" + readme_table(results) + "\n" + text[end:]
+    tmp = readme.with_name(f".{readme.name}.bench-tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+
+
 def markdown(results: dict[str, Any], plots: list[str]) -> str:
     m = results["machine"]
     lines = [

@@ -6,7 +6,8 @@
 4. serving: throughput and latency at 1/4/16 connections vs. in-process predict and a minimal FastAPI server
 
 Usage: python benchmarks/run.py [--runs 3] [--warm-runs 3] [--seconds 3] [--parts compose,serving] [--local-runs 3]
-Writes benchmarks/results.json, benchmarks/results.md and the PNG plots beside them. Not part of `make test`.
+Writes benchmarks/results.json, benchmarks/results.md and the PNG plots beside them, and the table of targets in
+README.md (between its two marker lines). Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -228,6 +229,8 @@ def write(results: dict, out: Path) -> None:
         plots.append(report.serving_plot(results["details"]["serving"], cores, out / "serving.png"))
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out / "results.md").write_text(report.markdown(results, [str(p) for p in plots]))
+    if out.resolve() == BENCH.resolve() and results["figures"]:  # the committed results: the README shows them
+        report.update_readme(results, BENCH.parent / "README.md")
 
 
 def main(argv: list[str] | None = None) -> int:
