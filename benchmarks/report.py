@@ -45,6 +45,7 @@ def table(rows: list[dict]) -> list[str]:
 # The README's table of targets lies between these two lines; `make bench` rewrites what is between them.
 README_START = "<!-- make bench writes the table below; edit benchmarks/report.py, not the table -->"
 README_END = "<!-- end of the make bench table -->"
+README_PARTS = {"1": "Cold start", "2": "Memory and size", "3": "Training", "4": "Serving"}  # by section number
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -61,7 +62,9 @@ def readme_table(results: dict[str, Any]) -> str:
         if row["target"] is None:
             continue
         spread = f" ({fmt(row['min'], row['unit'])} - {fmt(row['max'], row['unit'])})" if row["n"] > 1 else ""
-        cells = [row["name"], fmt(row["median"], row["unit"]) + spread, row["reference"], verdict(row)]
+        part = README_PARTS.get(row["section"].split(".")[0], "")
+        name = f"{part}: {row['name']}" if part else row["name"]
+        cells = [name, fmt(row["median"], row["unit"]) + spread, row["reference"], verdict(row)]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines)
 
