@@ -32,9 +32,15 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 venv: $(VENV)/.synced ## create/refresh the local environment from uv.lock
 
+# make demo needs only the scripts' group (python-dotenv, tenacity, pyyaml: ~3 MB), not the whole venv.
+SCRIPTS_VENV := .local/scripts-venv
+$(SCRIPTS_VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(SCRIPTS_VENV) $(UV) sync --frozen --only-group scripts --quiet
+	@touch $@
+
 # --- Docker Compose --------------------------------------------------------------------------------
-demo: env ## compose: build, start, train, serve, and print the seed's prediction
-	python3 scripts/demo.py compose
+demo: env $(SCRIPTS_VENV)/.synced ## compose: build, start, train, serve, and print the seed's prediction
+	$(SCRIPTS_VENV)/bin/python scripts/demo.py compose
 
 up: env ## compose: start the stack and wait until it is healthy (model-server waits for a run ID)
 	docker compose up -d --build --wait mlflow-server airflow-webserver airflow-scheduler airflow-dag-processor

@@ -1,21 +1,29 @@
-"""Read the stack's settings the way docker compose does, so local mode uses the compose file's own values.
+"""The stack's settings and the one way this project waits for something.
 
-`.env` parsing and `${VAR:-default}` interpolation follow the Compose spec for the subset this project uses.
+- `settings(env_file)`: what docker compose sees, `.env` read by python-dotenv with the process environment
+  winning (Compose's precedence). Every Python script, test and benchmark reads `.env` through this.
+- `compose_services(env)`: the compose file's services with anchors merged and `${VAR:-default}` filled in,
+  so local mode runs each service with its compose command and environment.
+- `wait_for(what, check, timeout)`: poll until `check()` returns something truthy (tenacity does the polling).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from dotenv import dotenv_values
+from tenacity import RetryError, Retrying, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+T = TypeVar("T")
 
-_ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
-_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, $NAME and $$ (a literal $).
+VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 class SettingsError(ValueError):
@@ -23,22 +31,20 @@ class SettingsError(ValueError):
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse KEY=value lines: comments, blank lines, `export`, quotes, CRLF and inline ` #` comments."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        match = _ASSIGN.match(line)
-        if not match:
-            continue
-        key, raw = match.group(1), match.group(2).strip()
-        if raw[:1] in {"'", '"'} and raw.count(raw[0]) >= 2:
-            raw = raw[1 : raw.index(raw[0], 1)]
-        else:
-            raw = re.split(r"\s+#", raw, maxsplit=1)[0].strip()
-        values[key] = raw
-    return values
+    """KEY=value pairs of a .env file (python-dotenv; a key without `=` counts as empty)."""
+    return {key: value or "" for key, value in dotenv_values(path, interpolate=False).items()}
+
+
+def settings(env_file: Path) -> dict[str, str]:
+    """What compose would see: the process environment wins over .env (Compose's precedence)."""
+    if not env_file.is_file():
+        raise SettingsError(f"{env_file} does not exist: run 'make env' first")
+    return {**read_env_file(env_file), **os.environ}
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose's variable syntax, for the forms this project's compose file uses."""
+
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -52,16 +58,16 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
             raise SettingsError(f"{name}: {arg or 'required but not set'}")
         return value or ""
 
-    return _VAR.sub(substitute, text)
+    return VARIABLE.sub(substitute, text)
 
 
-def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:  # noqa: ANN401 - YAML is untyped
+def interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:  # noqa: ANN401 - YAML is untyped
     if isinstance(node, str):
         return interpolate(node, env)
     if isinstance(node, list):
-        return [_interpolate_tree(item, env) for item in node]
+        return [interpolate_tree(item, env) for item in node]
     if isinstance(node, dict):
-        return {key: _interpolate_tree(value, env) for key, value in node.items()}
+        return {key: interpolate_tree(value, env) for key, value in node.items()}
     return node
 
 
@@ -70,11 +76,20 @@ def compose_services(env: Mapping[str, str], compose_file: Path = COMPOSE_FILE) 
     import yaml
 
     document = yaml.safe_load(compose_file.read_text())
-    return _interpolate_tree(document["services"], env)
+    return interpolate_tree(document["services"], env)
 
 
-def settings(env_file: Path) -> dict[str, str]:
-    """What compose would see: the process environment wins over .env (Compose's precedence)."""
-    if not env_file.is_file():
-        raise SettingsError(f"{env_file} does not exist: run 'make env' first")
-    return {**read_env_file(env_file), **os.environ}
+def wait_for(what: str, check: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
+    """Call `check` every `interval` s until it returns something truthy, and return that. An OSError (a refused
+    connection, a requests error) counts as "not yet". After `timeout` s: TimeoutError naming `what`."""
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(interval),
+        retry=retry_if_result(lambda result: not result) | retry_if_exception_type(OSError),
+    )
+    try:
+        return retrying(check)
+    except RetryError as exc:
+        last = exc.last_attempt
+        detail = repr(last.exception()) if last.failed else repr(last.result())
+        raise TimeoutError(f"waited {timeout:.0f} s for {what} (last: {detail})") from None
