@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .PHONY: help env venv demo up down logs local-demo local-up local-down local-status local-restart-model \
-        test lint format bench clean
+        test test-fast lint format bench clean
 
 help: ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -84,5 +84,9 @@ format: venv ## apply ruff's fixes and formatting
 
 test: venv lint ## lint, then every test (the compose suite needs a Docker engine; REQUIRE_DOCKER=1 makes that strict)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: venv ## the edit loop (< 3 min): unit and in-process tests, one tracking server; no Docker, browser or local stack
+	$(VENV)/bin/pytest -m "not (compose or local or browser or slow)" $(PYTEST_ARGS)
+
 bench: venv ## benchmarks (not part of test, ~15 min): results in benchmarks/results.md; BENCH_ARGS="--help"
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Entry point of the `model-server` compose service and of local mode. Serves a model over MLflow's scoring
-# protocol (/invocations, /ping, /health, /version) with MLflow's own scoring app (see serve.py):
+# protocol (/invocations, /ping, /health, /version): MLflow's scoring code in a small Starlette app (serve.py).
 #   - LATEST_MODEL_RUN_ID set (the seed's flow): serves runs:/$LATEST_MODEL_RUN_ID/model;
 #   - LATEST_MODEL_RUN_ID empty: serves models:/$REGISTERED_MODEL_NAME@champion and follows the alias.
 #
@@ -42,7 +42,9 @@ elif ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 echo "model-server: $workers uvicorn worker(s)" >&2
-exec uvicorn serve:create_app --factory \
+# uvloop and httptools explicitly: uvicorn would fall back to asyncio's loop without them, whose multi-worker
+# sockets lack TCP_NODELAY (every kept-alive answer then waits ~40 ms for a delayed ACK).
+exec uvicorn serve:create_app --factory --loop uvloop --http httptools \
   --app-dir "$(cd "$(dirname "$0")" && pwd)" \
   --host "${MODEL_SERVER_HOST:-0.0.0.0}" \
   --port "${MODEL_SERVER_PORT:-5001}" \

@@ -57,8 +57,8 @@ INI
   *) echo "tracking-server: MLFLOW_AUTH must be true or false, got '${MLFLOW_AUTH}'" >&2; exit 2 ;;
 esac
 
-# mlflow_server.py is `mlflow server` that becomes uvicorn instead of waiting beside it (saves ~150 MB).
-exec python "$(cd "$(dirname "$0")" && pwd)/mlflow_server.py" \
+# MLflow's documented CLI. It starts uvicorn as a child and waits for it (that parent costs ~150 MB).
+exec mlflow server \
   --backend-store-uri "sqlite:///$data/mlflow.db" \
   --artifacts-destination "$data/artifacts" \
   --serve-artifacts \

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,8 @@ SECRET_KEYS = (
 )
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "airflow" / "models"))
+sys.path.insert(0, str(ROOT / "mlflow"))  # serve.py (the folder is not the mlflow package)
+from stackenv import wait_for  # noqa: E402
 
 
 def free_port() -> int:
@@ -37,17 +38,14 @@ def free_port() -> int:
 
 
 def wait_until_up(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until `url` answers 2xx; a RuntimeError at once if `proc` exits meanwhile."""
+
+    def up() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process serving {url} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
+        return requests.get(url, timeout=2).ok
+
+    wait_for(url, up, timeout)
 
 
 def stack_env(**extra: str) -> dict[str, str]:

@@ -46,6 +46,7 @@ def test_placeholder_password_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 1 and "MLFLOW_TRACKING_PASSWORD" in result.stderr
 
 
+@pytest.mark.slow  # a second tracking server
 def test_anonymous_and_wrong_logins_are_refused(auth_server: str) -> None:
     search = f"{auth_server}/api/2.0/mlflow/experiments/search"
     assert requests.post(search, json={"max_results": 1}, timeout=10).status_code == 401
@@ -53,6 +54,7 @@ def test_anonymous_and_wrong_logins_are_refused(auth_server: str) -> None:
     assert requests.post(search, json={"max_results": 1}, auth=(USER, PASSWORD), timeout=10).ok
 
 
+@pytest.mark.slow
 def test_training_update_run_id_and_serving_log_in(
     auth_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,60 +1,54 @@
-"""mlflow/serve.py via mlflow/model-server.sh: MLflow's protocol, following the champion without a failed request."""
+"""mlflow/serve.py: MLflow's protocol, following the champion without a failed request.
+
+In process (Starlette's TestClient, a real tracking server) for the app; over HTTP (mlflow/model-server.sh
+under uvicorn, marked slow) for what only a real server shows: workers, keep-alive, the worker-count check.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
+from starlette.testclient import TestClient
 
+import serve
 import train_model
-from conftest import ROOT, free_port, service
+from conftest import ROOT, free_port, service, wait_for
 
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 MODEL_SERVER = ROOT / "mlflow" / "model-server.sh"
+MLFLOW_VERSION = train_model.version("mlflow")
 
 
-def server_env(tracking_server: str, port: int, **env: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_server,
-        "MODEL_SERVER_HOST": "127.0.0.1",
-        "MODEL_SERVER_PORT": str(port),
-        "MODEL_POLL_SECONDS": "1",
-        "LATEST_MODEL_RUN_ID": "",
-        # One process, so the swap is seen in one order (each worker of several swaps on its own poll).
-        "MODEL_SERVER_WORKERS": "1",
-        **env,
-    }
+@pytest.fixture
+def tracking(tracking_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The in-process app finds the registry the way the real server does: MLFLOW_TRACKING_URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    mlflow.set_tracking_uri(tracking_server)
+    return tracking_server
 
 
-def wait_for_version(url: str, version: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/model", timeout=5).json().get("model_version") == version:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not switch to version {version} within {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def champion_server(tracking_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    name = f"iris-serve-{uuid.uuid4().hex[:8]}"
-    log = tmp_path_factory.mktemp("model-server") / "server.log"
-    port = free_port()
-    # No health check: without a champion /ping answers 503, which test_1 checks.
-    with service(MODEL_SERVER, log, server_env(tracking_server, port, REGISTERED_MODEL_NAME=name), None):
-        yield name, f"http://127.0.0.1:{port}", log
+@contextmanager
+def app_client(name: str = "", fixed_uri: str = "", max_body: int = 0) -> Iterator[TestClient]:
+    """The app with its lifespan (the first load attempt happens before the first request, as under uvicorn)."""
+    app = serve.create_app(fixed_uri=fixed_uri, model_name=name, poll_seconds=0.2, max_body=max_body or None)
+    with TestClient(app) as client:
+        yield client
 
 
 def promote(tracking_server: str, name: str, **cfg: int) -> str:
@@ -64,121 +58,124 @@ def promote(tracking_server: str, name: str, **cfg: int) -> str:
     return result["version"]
 
 
-def test_1_waits_unhealthy_until_a_champion_exists(champion_server: tuple[str, str, Path]) -> None:
-    _, url, log = champion_server
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            ping = requests.get(f"{url}/ping", timeout=5)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-    assert ping.status_code == 503
-    answer = requests.post(f"{url}/invocations", json=SEED, timeout=5)
-    assert answer.status_code == 503 and answer.json()["error_code"] == "MODEL_NOT_LOADED"
-    deadline = time.monotonic() + 60
-    while "Trigger the DAG 'mlops_pipeline'" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.5)
+def wait_for_version(client: TestClient | requests.Session, base: str, version: str) -> None:
+    wait_for(f"version {version}", lambda: client.get(f"{base}/model").json().get("model_version") == version, 60)
 
 
-def test_2_serves_the_champion_with_mlflow_protocol(tracking_server: str, champion_server) -> None:  # noqa: ANN001
-    name, url, _ = champion_server
-    version = promote(tracking_server, name)
-    wait_for_version(url, version)
-    answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
-    assert answer.json() == {"predictions": [0]}
-    assert answer.headers["X-Model-Version"] == version
-    assert answer.headers["X-Model-Uri"] == f"models:/{name}/{version}"
-    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
-    assert requests.get(f"{url}/health", timeout=5).status_code == 200
-    assert requests.get(f"{url}/version", timeout=5).text.strip() == train_model.version("mlflow")
-    # MLflow's own input formats and error answers.
-    split = {"dataframe_split": {"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2]]}}
-    assert requests.post(f"{url}/invocations", json={"instances": [[6.7, 3.0, 5.2, 2.3]]}, timeout=10).ok
-    assert requests.post(f"{url}/invocations", json=split, timeout=10).status_code in (200, 400)
-    bad = requests.post(f"{url}/invocations", data="{not json", headers={"Content-Type": "application/json"})
-    assert bad.status_code == 400 and "error_code" in bad.json()
-    assert requests.get(f"{url}/invocations", timeout=5).status_code == 405
-    big = requests.post(
-        f"{url}/invocations", data=b"[" * (11 * 1024 * 1024), headers={"Content-Type": "application/json"}
-    )
-    assert big.status_code == 413 and big.json()["error_code"] == "REQUEST_TOO_LARGE"
+def test_unhealthy_and_says_what_to_do_until_a_champion_exists(tracking: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="model-server")
+    name = f"iris-none-{uuid.uuid4().hex[:8]}"
+    with app_client(name) as client:
+        assert client.get("/ping").status_code == 503
+        assert client.get("/health").status_code == 503
+        answer = client.post("/invocations", json=SEED)
+        assert answer.status_code == 503 and answer.json()["error_code"] == "MODEL_NOT_LOADED"
+        assert client.get("/model").status_code == 503 and client.get("/model").json() == {"model_uri": None}
+    assert f"no model '{name}@champion' in the registry yet" in caplog.text
+    assert "Trigger the DAG 'mlops_pipeline'" in caplog.text
 
 
-def test_3_switches_to_a_new_champion_without_a_failed_request(tracking_server: str, champion_server) -> None:  # noqa: ANN001
-    name, url, _ = champion_server
-    old = requests.get(f"{url}/model", timeout=5).json()["model_version"]
+def test_serves_the_champion_with_mlflow_protocol(tracking: str) -> None:
+    name = f"iris-serve-{uuid.uuid4().hex[:8]}"
+    version = promote(tracking, name)
+    with app_client(name) as client:
+        answer = client.post("/invocations", json=SEED)
+        assert answer.status_code == 200 and answer.json() == {"predictions": [0]}
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["X-Model-Version"] == version
+        assert answer.headers["X-Model-Uri"] == f"models:/{name}/{version}"
+        assert len(answer.headers["X-Model-Run-Id"]) == 32
+        assert client.get("/model").json() == {
+            "model_uri": f"models:/{name}/{version}",
+            "model_version": version,
+            "run_id": answer.headers["X-Model-Run-Id"],
+        }
+        for path in ("/ping", "/health"):
+            ping = client.get(path)
+            assert (ping.status_code, ping.text, ping.headers["X-Model-Version"]) == (200, "\n", version)
+        assert client.get("/version").text == MLFLOW_VERSION
+        # MLflow's other input formats (a virginica row; a frame, whose columns a tensor signature ignores).
+        assert client.post("/invocations", json={"instances": [[6.7, 3.0, 5.2, 2.3]]}).json() == {"predictions": [2]}
+        split = {"dataframe_split": {"columns": ["a", "b", "c", "d"], "data": [[5.1, 3.5, 1.4, 0.2]]}}
+        assert client.post("/invocations", json=split).json() == {"predictions": [0]}
+        wrong_width = client.post("/invocations", json={"inputs": [[1, 2, 3]]})
+        assert wrong_width.status_code == 400 and wrong_width.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        bad = client.post("/invocations", content="{not json", headers={"Content-Type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["error_code"] == "BAD_REQUEST"
+        assert "valid JSON" in bad.json()["message"] and bad.headers["X-Model-Version"] == version
+
+
+def test_errors_are_json_with_the_model_headers(tracking: str, trained_run: str) -> None:
+    with app_client(fixed_uri=f"runs:/{trained_run}/model", max_body=8192) as client:
+        wrong_method = client.get("/invocations")
+        assert wrong_method.status_code == 405 and wrong_method.json() == {
+            "error_code": "METHOD_NOT_ALLOWED",
+            "message": "/invocations takes POST",
+        }
+        assert wrong_method.headers["X-Model-Run-Id"] == trained_run
+        missing = client.get("/nowhere")
+        assert missing.status_code == 404 and missing.json()["message"] == "No such endpoint: /nowhere"
+        no_type = client.post("/invocations", content=json.dumps(SEED))
+        assert no_type.status_code == 415 and no_type.json()["error_code"] == "UNSUPPORTED_MEDIA_TYPE"
+        text = client.post("/invocations", content=b"1,2,3,4", headers={"Content-Type": "text/plain"})
+        assert text.status_code == 415 and text.headers["content-type"] == "application/json"
+        big = b'{"inputs": [[' + b"1, " * 3000 + b"1]]}"
+        for body in (big, iter([big[:6000], big[6000:]])):  # declared length, then chunked (no Content-Length)
+            too_large = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+            assert too_large.status_code == 413 and too_large.json()["error_code"] == "REQUEST_TOO_LARGE"
+        json_type = {"Content-Type": "application/json"}
+        deep = client.post("/invocations", content=b"[" * 8000, headers=json_type)
+        assert deep.status_code == 400 and "RecursionError" in deep.json()["message"]
+        huge = client.post("/invocations", content=b'{"inputs": [[' + b"9" * 5000 + b", 1, 1, 1]]}", headers=json_type)
+        assert huge.status_code == 400 and "digits" in huge.json()["message"]
+
+
+def test_switches_to_a_new_champion_without_a_failed_request(tracking: str) -> None:
+    name = f"iris-swap-{uuid.uuid4().hex[:8]}"
+    old = promote(tracking, name)
     failures: list[str] = []
     versions: list[str] = []
     stop = threading.Event()
+    with app_client(name) as client:
+        assert client.get("/model").json()["model_version"] == old
 
-    def client() -> None:
-        with requests.Session() as session:
+        def hammer() -> None:
             while not stop.is_set():
-                try:
-                    r = session.post(f"{url}/invocations", json=SEED, timeout=10)
-                    if r.status_code != 200 or r.json() != {"predictions": [0]}:
-                        failures.append(f"{r.status_code} {r.text[:100]}")
-                    versions.append(r.headers.get("X-Model-Version", ""))
-                except requests.RequestException as exc:
-                    failures.append(repr(exc))
+                r = client.post("/invocations", json=SEED)
+                if r.status_code != 200 or r.json() != {"predictions": [0]}:
+                    failures.append(f"{r.status_code} {r.text[:100]}")
+                versions.append(r.headers.get("X-Model-Version", ""))
 
-    threads = [threading.Thread(target=client) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        new = promote(tracking_server, name)  # same accuracy as the champion: "not worse" promotes it
-        wait_for_version(url, new)
-        time.sleep(1)
-    finally:
-        stop.set()
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
         for t in threads:
-            t.join(timeout=30)
+            t.start()
+        try:
+            new = promote(tracking, name)  # same accuracy as the champion: "not worse" promotes it
+            wait_for_version(client, "", new)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
     assert failures == []
     assert old in versions and new in versions
     assert versions.index(new) > versions.index(old) and old not in versions[versions.index(new) :]
 
 
-def test_4_keeps_serving_when_the_new_champion_cannot_load(tracking_server: str, champion_server) -> None:  # noqa: ANN001
-    name, url, log = champion_server
-    serving = requests.get(f"{url}/model", timeout=5).json()["model_version"]
-    client = MlflowClient(tracking_server)
-    empty_run = client.create_run(client.get_experiment_by_name("serve-test").experiment_id).info
-    client.set_terminated(empty_run.run_id)
-    broken = client.create_model_version(name, source=f"{empty_run.artifact_uri}/model", run_id=empty_run.run_id)
-    client.set_registered_model_alias(name, train_model.CHAMPION, broken.version)
-    deadline = time.monotonic() + 30
-    while "could not load the new model" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.5)
-    answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
-    assert answer.json() == {"predictions": [0]} and answer.headers["X-Model-Version"] == serving
-    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
-
-
-def test_fixed_run_id_serves_exactly_that_run(tracking_server: str, trained_run: str, tmp_path: Path) -> None:
-    """The seed's flow: LATEST_MODEL_RUN_ID pins the model, whatever the registry says. With the default
-    worker count (one per core, at most 4), every worker has the model before it takes a connection."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = server_env(tracking_server, port, LATEST_MODEL_RUN_ID=trained_run, MODEL_SERVER_WORKERS="")
-    log = tmp_path / "fixed.log"
-    with service(MODEL_SERVER, log, env, f"{url}/ping", timeout=90):
-        for _ in range(20):  # a new connection each: any worker may answer
-            answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
-            assert answer.status_code == 200 and answer.json() == {"predictions": [0]}, answer.text
-            assert answer.headers["X-Model-Run-Id"] == trained_run
-            assert answer.headers["X-Model-Uri"] == f"runs:/{trained_run}/model"
-    workers = min(len(os.sched_getaffinity(0)), 4)
-    assert f"model-server: {workers} uvicorn worker(s)" in log.read_text()
-
-
-def test_worker_count_must_be_a_whole_number(tmp_path: Path) -> None:
-    env = {**os.environ, "MODEL_SERVER_WORKERS": "two", "LATEST_MODEL_RUN_ID": ""}
-    done = subprocess.run([str(MODEL_SERVER)], env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "MODEL_SERVER_WORKERS='two' must be a positive whole number" in done.stderr
+def test_keeps_serving_when_the_new_champion_cannot_load(tracking: str, caplog: pytest.LogCaptureFixture) -> None:
+    name = f"iris-broken-{uuid.uuid4().hex[:8]}"
+    serving = promote(tracking, name)
+    client = MlflowClient(tracking)
+    with app_client(name) as app:
+        empty_run = client.create_run(client.get_experiment_by_name("serve-test").experiment_id).info
+        client.set_terminated(empty_run.run_id)
+        broken = client.create_model_version(name, source=f"{empty_run.artifact_uri}/model", run_id=empty_run.run_id)
+        client.set_registered_model_alias(name, train_model.CHAMPION, broken.version)
+        wait_for("the failed load in the log", lambda: "could not load the new model" in caplog.text, 30)
+        answer = app.post("/invocations", json=SEED)
+        assert answer.json() == {"predictions": [0]} and answer.headers["X-Model-Version"] == serving
+        assert app.get("/ping").status_code == 200
+    assert f"still serving models:/{name}/{serving}" in caplog.text
 
 
 # Requests the short path takes and requests it must leave to MLflow's parser (other keys, other formats, errors).
@@ -201,20 +198,9 @@ MLFLOW_PATH_CASES = [
 ]
 
 
-def test_short_path_answers_byte_for_byte_as_mlflow(
-    tracking_server: str, trained_run: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """serve.py's short path for {"inputs": ...} must be invisible: same status, same bytes as MLflow's own
+def test_short_path_answers_byte_for_byte_as_mlflow(tracking: str, trained_run: str) -> None:
+    """The short path for {"inputs": ...} must be invisible: same status, same bytes as MLflow's own
     scoring_server.invocations, and requests it does not cover must reach MLflow's parser."""
-    import json
-
-    from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc import scoring_server
-
-    monkeypatch.syspath_prepend(str(ROOT / "mlflow"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    import serve
-
     loaded = serve.load(f"runs:/{trained_run}/model")
     assert loaded.tensor_spec is not None, "the trained model's signature should be one tensor"
 
@@ -227,6 +213,67 @@ def test_short_path_answers_byte_for_byte_as_mlflow(
 
     for case, short in [(c, True) for c in SHORT_PATH_CASES] + [(c, False) for c in MLFLOW_PATH_CASES]:
         body = json.dumps(case).encode()
-        assert (loaded._short_path(body, "application/json") is not None) is short, case
+        assert (loaded.short_path(json.loads(body)) is not None) is short, case
         ours = loaded.score(body, "application/json")
-        assert (ours.status, ours.body) == mlflow_answer(body), case
+        assert (ours.status_code, ours.body) == mlflow_answer(body), case
+
+
+def test_worker_count_must_be_a_whole_number() -> None:
+    env = {**os.environ, "MODEL_SERVER_WORKERS": "two", "LATEST_MODEL_RUN_ID": ""}
+    done = subprocess.run([str(MODEL_SERVER)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "MODEL_SERVER_WORKERS='two' must be a positive whole number" in done.stderr
+
+
+def keep_alive_ms(port: int, requests_: int = 40) -> float:
+    """Median milliseconds per seed request on ONE kept-alive connection (raw HTTP/1.1, as wrk sends it)."""
+    body = json.dumps(SEED).encode()
+    request = (
+        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    times = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for _ in range(requests_):
+            start = time.perf_counter()
+            sock.sendall(request)
+            answer = b""
+            while b'{"predictions": [0]}' not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed after {answer!r}"
+                answer += chunk
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1000
+
+
+@pytest.mark.slow
+def test_real_server_serves_a_pinned_run_on_every_worker_at_full_speed(
+    tracking_server: str, trained_run: str, tmp_path: Path
+) -> None:
+    """The original tutorial's flow over HTTP: LATEST_MODEL_RUN_ID pins the model, whatever the registry says.
+    With the default worker count (one per core, at most 4) every worker has the model before it takes a
+    connection, and a kept-alive connection answers as fast as fresh ones (no ~40 ms delayed-ACK stall)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_server,
+        "MODEL_SERVER_HOST": "127.0.0.1",
+        "MODEL_SERVER_PORT": str(port),
+        "LATEST_MODEL_RUN_ID": trained_run,
+        "MODEL_SERVER_WORKERS": "",
+    }
+    log = tmp_path / "fixed.log"
+    with service(MODEL_SERVER, log, env, f"{url}/ping", timeout=90):
+        fresh = []
+        for _ in range(20):  # a new connection each: any worker may answer
+            start = time.perf_counter()
+            answer = requests.post(f"{url}/invocations", json=SEED, timeout=10)
+            fresh.append((time.perf_counter() - start) * 1000)
+            assert answer.status_code == 200 and answer.json() == {"predictions": [0]}, answer.text
+            assert answer.headers["X-Model-Run-Id"] == trained_run
+            assert answer.headers["X-Model-Uri"] == f"runs:/{trained_run}/model"
+        kept = keep_alive_ms(port)
+        fresh_ms = sorted(fresh)[len(fresh) // 2]
+        assert kept < fresh_ms + 10, f"kept-alive {kept:.1f} ms per request vs fresh connections {fresh_ms:.1f} ms"
+    workers = min(len(os.sched_getaffinity(0)), 4)
+    assert f"model-server: {workers} uvicorn worker(s)" in log.read_text()

@@ -23,7 +23,7 @@ from conftest import ROOT, free_port, make_env_file, stack_env
 from stackenv import read_env_file  # scripts/, on sys.path through conftest
 from ui_flow import require_chromium, run_ui_flow
 
-pytestmark = pytest.mark.local
+pytestmark = [pytest.mark.local, pytest.mark.browser]
 
 SHOTS = ROOT / "tests" / "artifacts" / "browser" / "local"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
