@@ -17,7 +17,7 @@ echo "airflow-init: migrating the metadata database"
 airflow db migrate
 
 # `users create` for an existing user prints a notice and exits 0, so a re-run is harmless. It does not change
-# an existing user's password: use `airflow users reset-password` for that (see README).
+# an existing user's password: use `airflow users reset-password` for that (docs/troubleshooting.md).
 echo "airflow-init: ensuring the admin user '$user' exists"
 airflow users create \
   --username "$user" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Entry point of the `model-server` compose service and of local mode. Serves a model over MLflow's scoring
 # protocol (/invocations, /ping, /health, /version): MLflow's scoring code in a small Starlette app (serve.py).
-#   - LATEST_MODEL_RUN_ID set (the seed's flow): serves runs:/$LATEST_MODEL_RUN_ID/model;
+#   - LATEST_MODEL_RUN_ID set (the original tutorial's flow): serves runs:/$LATEST_MODEL_RUN_ID/model;
 #   - LATEST_MODEL_RUN_ID empty: serves models:/$REGISTERED_MODEL_NAME@champion and follows the alias.
 #
 # Usage: model-server.sh               (settings come from the environment)

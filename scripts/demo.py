@@ -1,12 +1,13 @@
-"""The seed's whole flow in one command, on Docker Compose or in local mode.
+"""The original tutorial's whole flow in one command, on Docker Compose or in local mode.
 
 Usage: python scripts/demo.py compose|local [--seed-flow]
 
-Standard library only, so `make demo` needs nothing on the host but Docker and python3.
+`make demo` runs it in a small venv of the lock's `scripts` group (python-dotenv, tenacity): nothing else on
+the host but Docker and python3.
 
 Start the stack, trigger mlops_pipeline through Airflow's REST API and wait for it (printing the quality gate's
 decision), wait until the model-server serves the registry's champion (or, with --seed-flow or a pinned
-LATEST_MODEL_RUN_ID, run ./update_run_id.sh and recreate it), and print its answer to the seed's payload.
+LATEST_MODEL_RUN_ID, run ./update_run_id.sh and recreate it), and print its answer to the original tutorial's payload.
 The stack keeps running.
 """
 
@@ -24,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stackenv import ROOT, SettingsError, read_env_file  # noqa: E402
+from stackenv import ROOT, SettingsError, settings, wait_for  # noqa: E402
 
 DAG_ID = "mlops_pipeline"
 SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
@@ -69,11 +70,11 @@ class Airflow:
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
         """The dag-processor parses new files within seconds of starting; wait until the DAG is known."""
-        deadline = time.monotonic() + timeout
-        while http("GET", f"{self.base}/api/v2/dags/{dag_id}", headers=self.headers)[0] != 200:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: Airflow does not know the DAG {dag_id} after {timeout:.0f} s")
-            time.sleep(2)
+
+        def known() -> bool:
+            return http("GET", f"{self.base}/api/v2/dags/{dag_id}", headers=self.headers)[0] == 200
+
+        wait_for(f"Airflow to know the DAG {dag_id}", known, timeout, interval=2)
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         self.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
@@ -81,29 +82,23 @@ class Airflow:
         return run["dag_run_id"]
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900, progress: bool = True) -> str:
-        started, last = time.monotonic(), None
-        while time.monotonic() - started < timeout:
+        """The run's final state, "success" or "failed"; prints each state change."""
+        started, seen = time.monotonic(), []
+
+        def finished() -> str | None:
             state = self.call("GET", f"/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id)}")["state"]
-            if progress and state != last:
+            if progress and (not seen or seen[-1] != state):
                 print(f"  [{time.monotonic() - started:5.0f} s] {dag_id} is {state}", flush=True)
-                last = state
-            if state in ("success", "failed"):
-                return state
-            time.sleep(2)
-        raise SystemExit(f"demo: {dag_id} run {run_id} did not finish within {timeout:.0f} s")
+            seen.append(state)
+            return state if state in ("success", "failed") else None
+
+        return wait_for(f"{dag_id} run {run_id} to finish", finished, timeout, interval=2)
 
 
 def wait_http(url: str, what: str, timeout: float = 180) -> None:
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if http("GET", url)[0] == 200:
-                print(f"  {what} answers ({time.monotonic() - started:.0f} s)", flush=True)
-                return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"demo: {what} did not answer {url} within {timeout:.0f} s")
+    wait_for(f"{what} to answer {url}", lambda: http("GET", url)[0] == 200, timeout, interval=1)
+    print(f"  {what} answers ({time.monotonic() - started:.0f} s)", flush=True)
 
 
 def run(cmd: list[str], **kwargs: object) -> None:
@@ -113,20 +108,21 @@ def run(cmd: list[str], **kwargs: object) -> None:
 
 def wait_for_model(model_url: str, version: str, timeout: float = 180) -> dict:
     """Wait until the model-server reports serving `version` (it polls the registry by itself). Each of its
-    workers polls on its own, so the answer must hold on several connections in a row."""
-    started, info, in_a_row = time.monotonic(), {}, 0
-    while time.monotonic() - started < timeout:
-        try:
-            status, info = http("GET", f"{model_url}/model")
-        except OSError:
-            status = 0
+    workers polls on its own, so the answer must hold on 10 connections in a row."""
+    started, in_a_row = time.monotonic(), []
+
+    def serving() -> dict | None:
+        status, info = http("GET", f"{model_url}/model")
         ok = status == 200 and isinstance(info, dict) and (not version or info.get("model_version") == version)
-        in_a_row = in_a_row + 1 if ok else 0
-        if in_a_row == 10:
-            print(f"  model-server serves {info.get('model_uri')} ({time.monotonic() - started:.0f} s)", flush=True)
-            return info
-        time.sleep(0.1 if ok else 1)
-    raise SystemExit(f"demo: the model-server did not serve version {version or 'any'} within {timeout:.0f} s: {info}")
+        if ok:
+            in_a_row.append(info)
+        else:
+            in_a_row.clear()
+        return info if len(in_a_row) >= 10 else None
+
+    info = wait_for(f"the model-server to serve version {version or 'any'}", serving, timeout, interval=0.1)
+    print(f"  model-server serves {info.get('model_uri')} ({time.monotonic() - started:.0f} s)", flush=True)
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     env_file = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
     python = sys.executable
 
-    try:
-        cfg = {**read_env_file(env_file), **os.environ}
-    except FileNotFoundError:
-        raise SystemExit(f"demo: {env_file} does not exist: run 'make env' first") from None
+    cfg = settings(env_file)
     host = "127.0.0.1"
     airflow_url = f"http://{host}:{cfg.get('AIRFLOW_PORT') or 8080}"
     mlflow_url = f"http://{host}:{cfg.get('MLFLOW_PORT') or 5000}"
@@ -164,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"== 2/4 trigger {DAG_ID} through Airflow's REST API and wait", flush=True)
     print(
-        f"  hyper-parameters from {env_file.name}: RF_N_ESTIMATORS={cfg.get('RF_N_ESTIMATORS', '40')} "
+        f"  hyper-parameters from {env_file.name}: RF_N_ESTIMATORS={cfg.get('RF_N_ESTIMATORS', '100')} "
         f"RF_MAX_DEPTH={cfg.get('RF_MAX_DEPTH', '3')}, MIN_ACCURACY={cfg.get('MIN_ACCURACY', '0.9')}",
         flush=True,
     )
@@ -193,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         status, champion = registry_champion(mlflow_url, gate.get("model"), mlflow_login(cfg))
         wait_for_model(model_url, champion if status == 200 else "")
 
-    print("== 4/4 the seed's prediction call", flush=True)
+    print("== 4/4 the original tutorial's prediction call", flush=True)
     print(f"$ curl -X POST {model_url}/invocations -H 'Content-Type: application/json' -d '{json.dumps(SEED_PAYLOAD)}'")
     status, answer = http("POST", f"{model_url}/invocations", SEED_PAYLOAD)
     print(json.dumps(answer), flush=True)
@@ -231,5 +224,5 @@ def registry_champion(mlflow_url: str, name: str | None, headers: dict[str, str]
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except SettingsError as exc:
+    except (SettingsError, TimeoutError) as exc:
         sys.exit(f"demo: {exc}")

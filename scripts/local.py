@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stackenv import ROOT, SettingsError, compose_services, settings  # noqa: E402
+from stackenv import ROOT, SettingsError, compose_services, settings, wait_for  # noqa: E402
 
 ENV_FILE = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
 STATE = Path(os.environ.get("LOCAL_STATE_DIR", ROOT / ".local")).resolve()
@@ -139,16 +139,12 @@ def supervisord_pid() -> int | None:
 
 
 def wait_http(name: str, url: str, timeout: float = 180.0) -> None:
-    deadline, started = time.monotonic() + timeout, time.monotonic()
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=3).ok:
-                print(f"  {name} is up ({time.monotonic() - started:.0f} s)", flush=True)
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"local: {name} did not answer {url} within {timeout:.0f} s; see {STATE}/logs/{name}.log")
+    started = time.monotonic()
+    try:
+        wait_for(f"{name} to answer {url}", lambda: requests.get(url, timeout=3).ok, timeout, interval=1)
+    except TimeoutError as exc:
+        raise SystemExit(f"local: {exc}; see {STATE}/logs/{name}.log") from None
+    print(f"  {name} is up ({time.monotonic() - started:.0f} s)", flush=True)
 
 
 def up() -> None:
@@ -158,10 +154,8 @@ def up() -> None:
         (STATE / sub).mkdir(parents=True, exist_ok=True)
     if supervisord_pid() is None:
         subprocess.run([str(VENV_BIN / "supervisord"), "-c", str(supervisor_conf())], check=True)
-        for _ in range(50):
-            if supervisorctl("status", check=False).returncode in (0, 3):
-                break
-            time.sleep(0.2)
+        # supervisorctl status exits 3 while programs are stopped: the daemon answers, which is all we need.
+        wait_for("supervisord to answer", lambda: supervisorctl("status", check=False).returncode in (0, 3), 10, 0.2)
     else:
         # Services read .env when they start: restart them if it changed since (e.g. a new RF_MAX_DEPTH).
         if (STATE / "env.sha256").is_file() and (STATE / "env.sha256").read_text() != env_digest():
@@ -187,10 +181,9 @@ def down() -> None:
         print("local: not running")
         return
     supervisorctl("shutdown", check=False)  # stops every program (whole process groups), then itself
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and supervisord_pid() is not None:
-        time.sleep(0.5)
-    if supervisord_pid() is not None:
+    try:
+        wait_for("supervisord to stop", lambda: supervisord_pid() is None, 60)
+    except TimeoutError:
         os.kill(pid, signal.SIGKILL)
     print("local: stopped")
 

@@ -23,13 +23,13 @@ if TYPE_CHECKING:  # heavy imports stay out of module import: the DAG file impor
 log = logging.getLogger(__name__)
 # skops, on import, searches every loaded module for each scipy ufunc; inside an Airflow task that touches
 # Airflow's deprecated shims (both message forms below), ~230 warnings per task. This keeps the task log
-# readable and skips the logging of each; the search itself (~1-3 s per task) remains (README, "Measured").
+# readable and skips the logging of each; the search itself (~1-3 s per task) remains (benchmarks/results.md).
 warnings.filterwarnings("ignore", message=r"The `airflow\.[^`]*` (attribute )?is deprecated")
 
 DEFAULT_EXPERIMENT = "mlops_pipeline"
 DEFAULT_MODEL_NAME = "iris-classifier"
 CHAMPION = "champion"  # the registry alias the model-server follows
-MODEL_ARTIFACT = "model"  # the seed serves runs:/<run_id>/model
+MODEL_ARTIFACT = "model"  # the original tutorial serves runs:/<run_id>/model
 CLASS_NAMES = ("setosa", "versicolor", "virginica")
 # skops refuses to load anything it does not know; a forest is made of these trees (MLflow 3 default
 # format). Naming the type keeps skops' safety instead of falling back to pickle.
@@ -46,9 +46,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # 40 trees: the smallest forest with the 10-fold CV accuracy of 100 on Iris (0.967 at max_depth 3), and a
-    # 2.5x cheaper predict for the model-server (scikit-learn spends ~0.1 ms per tree per call; benchmarks/).
-    n_estimators: int = 40
+    # The original tutorial's model: RandomForestClassifier(n_estimators=100, max_depth=3).
+    n_estimators: int = 100
     max_depth: int | None = 3
     test_size: float = 0.2
     random_state: int = 42
@@ -200,7 +199,7 @@ def log_run(
     import mlflow
     from mlflow.models import infer_signature
 
-    # A numpy example gives a tensor signature, so the seed's {"inputs": [[...]]} payload is accepted.
+    # A numpy example gives a tensor signature, so the original tutorial's {"inputs": [[...]]} payload is accepted.
     example = x_example[:5]
     signature = infer_signature(example, model.predict(example))
     with mlflow.start_run() as run:
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or http://localhost:5000")
     parser.add_argument("--experiment", help=f"default: $MLFLOW_EXPERIMENT_NAME or {DEFAULT_EXPERIMENT}")
-    parser.add_argument("--n-estimators", help="default: $RF_N_ESTIMATORS or 40")
+    parser.add_argument("--n-estimators", help="default: $RF_N_ESTIMATORS or 100")
     parser.add_argument("--max-depth", help="default: $RF_MAX_DEPTH or 3 ('none' for unlimited)")
     parser.add_argument("--register", action="store_true", help="also register the model and apply the gate")
     args = parser.parse_args(argv)
