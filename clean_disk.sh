@@ -26,7 +26,8 @@ docker info >/dev/null 2>&1 || { echo "clean_disk: no Docker engine answers (doc
 export FERNET_KEY="${FERNET_KEY:-unused}" AIRFLOW_JWT_SECRET="${AIRFLOW_JWT_SECRET:-unused}" \
   AIRFLOW_SECRET_KEY="${AIRFLOW_SECRET_KEY:-unused}" AIRFLOW_ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-unused}"
 
-project=$(docker compose config --format json | grep -m1 -o '"name": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
+project=$(docker compose config --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])') ||
+  project=""
 [ -n "$project" ] || { echo "clean_disk: could not determine the compose project name" >&2; exit 1; }
 label="com.docker.compose.project=$project"
 
@@ -61,6 +62,11 @@ if [ "$assume_yes" -ne 1 ]; then
 fi
 
 docker compose down --volumes --rmi all --remove-orphans --timeout 20
+# What compose does not know but the project's label marks (a container without a service label, a volume or
+# network an older compose file declared): removed by that label, the way it was listed above.
+docker ps -aq --filter "label=$label" | xargs -r docker rm -f >/dev/null
+docker volume ls -q --filter "label=$label" | xargs -r docker volume rm >/dev/null
+docker network ls -q --filter "label=$label" | xargs -r docker network rm >/dev/null
 # Leftover build stages of this project's Dockerfiles (dangling, labelled by them), not anyone else's images.
 docker image prune --force --filter "label=org.mlops-pipeline.stage=builder" >/dev/null
 echo "clean_disk: removed project '$project' (containers, networks, volumes, images)."

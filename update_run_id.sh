@@ -11,10 +11,10 @@
 #
 # Every other line of .env (keys, comments, order, CRLF) stays byte-for-byte as it was; the new file replaces
 # the old one atomically. On any failure .env is left untouched and the script exits non-zero.
-# Needs bash, curl, awk, grep (no jq).
+# Needs bash, curl and python3 (standard library only: no jq, no dotenv).
 set -euo pipefail
 
-usage() { sed -n '5,9s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '5,10s/^# \{0,1\}//p' "$0"; }
 die() { echo "update_run_id: $*" >&2; exit 1; }
 
 env_file="${ENV_FILE:-$(cd "$(dirname "$0")" && pwd)/.env}"
@@ -45,6 +45,90 @@ env_value() {
   esac
   printf '%s' "$value"
 }
+
+# py MODE ARGS: the JSON and .env work, in Python's standard library only. Modes:
+#   experiment-id       stdin: get-by-name's answer; prints experiment.experiment_id
+#   search-body ID      prints the runs/search request for experiment ID
+#   run-id              stdin: runs/search's answer; prints the run_id of the first FINISHED run with a model
+#                       output (MLflow lists the newest first), or nothing when there is none
+#   rewrite ENV TMP ID  writes ENV to TMP with every LATEST_MODEL_RUN_ID= line set to ID (appended when absent);
+#                       every other byte stays: other lines, CRLF or LF (the first line's), a missing final newline
+# A malformed answer exits non-zero with the problem on stderr.
+py_src=$(cat <<'PY'
+import json, re, sys
+
+def answer():
+    try:
+        doc = json.loads(sys.stdin.read())
+    except ValueError as exc:
+        sys.exit(f"not JSON: {exc}")
+    if not isinstance(doc, dict):
+        sys.exit("not a JSON object")
+    return doc
+
+def experiment_id():
+    exp = answer().get("experiment")
+    exp_id = exp.get("experiment_id") if isinstance(exp, dict) else None
+    if not isinstance(exp_id, str) or not exp_id:
+        sys.exit("no experiment.experiment_id")
+    print(exp_id)
+
+def search_body(exp_id):
+    print(json.dumps({"experiment_ids": [exp_id], "filter": "attributes.status = 'FINISHED'",
+                      "order_by": ["attributes.start_time DESC"], "max_results": 50}))
+
+def run_id():
+    runs = answer().get("runs", [])  # MLflow leaves "runs" out when no run matches
+    if not isinstance(runs, list):
+        sys.exit("runs is not a list")
+    for i, run in enumerate(runs):
+        info = run.get("info") if isinstance(run, dict) else None
+        outputs = run.get("outputs", {}) if isinstance(run, dict) else None
+        if not isinstance(info, dict) or not isinstance(outputs, dict):
+            sys.exit(f"runs[{i}] has no info or outputs object")
+        if info.get("status") != "FINISHED" or not outputs.get("model_outputs"):
+            continue
+        rid = info.get("run_id")
+        if not isinstance(rid, str) or not re.fullmatch("[0-9a-f]{32}", rid):
+            sys.exit(f"runs[{i}].info.run_id is not a 32-digit hex run ID: {rid!r}")
+        print(rid)
+        return
+
+def rewrite(env, tmp, rid):
+    with open(env, "rb") as f:
+        data = f.read()
+    rid = rid.encode()
+    if not data:
+        new = b"LATEST_MODEL_RUN_ID=" + rid + b"\n"
+    else:
+        final_nl = data.endswith(b"\n")
+        lines = data.split(b"\n")
+        if final_nl:
+            lines.pop()
+        eol = b"\r\n" if lines[0].endswith(b"\r") else b"\n"
+        found = False
+        for i, line in enumerate(lines):
+            m = re.match(rb"\s*(export\s+)?LATEST_MODEL_RUN_ID=", line)
+            if m:
+                lines[i] = m.group(0) + rid + (b"\r" if line.endswith(b"\r") else b"")
+                found = True
+        new = b"\n".join(lines)
+        if found:
+            new += b"\n" if final_nl else b""
+        else:
+            new += (b"\n" if final_nl else eol) + b"LATEST_MODEL_RUN_ID=" + rid + eol
+    with open(tmp, "wb") as f:  # truncates TMP, keeps its mode
+        f.write(new)
+
+modes = {"experiment-id": experiment_id, "search-body": search_body, "run-id": run_id, "rewrite": rewrite}
+try:
+    modes[sys.argv[1]](*sys.argv[2:])
+except OSError as exc:
+    sys.exit(str(exc))
+PY
+)
+py() { python3 -I -c "$py_src" "$@"; }  # -I: no PYTHON* settings, no modules from the cwd
+command -v python3 >/dev/null || die "python3 not found; it is needed to read MLflow's answers"
 
 port="$(env_value MLFLOW_PORT)"
 uri="${MLFLOW_TRACKING_URI:-http://127.0.0.1:${port:-5000}}"
@@ -88,22 +172,16 @@ case "$status" in
     die "the tracking server at $uri asks for a login (HTTP $status): set MLFLOW_AUTH=true and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in $env_file" ;;
   *) die "the tracking server at $uri answered HTTP $status to get-by-name: ${body:0:200}" ;;
 esac
-experiment_id=$(printf '%s' "$body" | grep -o '"experiment_id":[[:space:]]*"[^"]*"' | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/' || true)
-[ -n "$experiment_id" ] || die "unexpected answer from $uri (no experiment_id): ${body:0:200}"
+# On a malformed answer py prints the problem (to stderr, captured here) and fails.
+experiment_id=$(py experiment-id <<<"$body" 2>&1) ||
+  die "unexpected answer from $uri to get-by-name ($experiment_id): ${body:0:200}"
 
 # Newest finished runs first; the first whose outputs list a logged model wins. RUNNING or FAILED runs (a
 # training task that died midway) never qualify.
-search=$(printf '{"experiment_ids": ["%s"], "filter": "attributes.status = '"'"'FINISHED'"'"'", "order_by": ["attributes.start_time DESC"], "max_results": 50}' "$experiment_id")
+search=$(py search-body "$experiment_id")
 api POST /api/2.0/mlflow/runs/search -H 'Content-Type: application/json' --data "$search"
 [ "$status" = 200 ] || die "the tracking server at $uri answered HTTP $status to runs/search: ${body:0:200}"
-case "$body" in
-  "{"*"}") ;;
-  *) die "unexpected answer from $uri to runs/search (not JSON): ${body:0:200}" ;;
-esac
-# One record per run: split at each run's `"info": {` (inside JSON strings quotes are escaped, so this
-# pattern only occurs between runs), keep the first with a model output, read its run_id.
-run_id=$(printf '%s' "$body" | awk 'BEGIN { RS = "\"info\":[[:space:]]*[{]" } NR > 1 && /"model_outputs":[[:space:]]*\[[[:space:]]*[{]/ { print; exit }' \
-  | grep -o '"run_id":[[:space:]]*"[0-9a-f]\{32\}"' | head -n 1 | grep -o '[0-9a-f]\{32\}' || true)
+run_id=$(py run-id <<<"$body" 2>&1) || die "unexpected answer from $uri to runs/search ($run_id): ${body:0:200}"
 [ -n "$run_id" ] || die "no FINISHED run with a logged model in experiment '$experiment' on $uri. Trigger the DAG 'mlops_pipeline' and wait for it to succeed."
 
 if [ "$(env_value LATEST_MODEL_RUN_ID)" = "$run_id" ]; then
@@ -115,27 +193,7 @@ fi
 tmp=$(mktemp "$(dirname "$env_file")/.env.XXXXXX.tmp") || die "cannot create a temporary file next to $env_file"
 trap 'rm -f "$tmp"' EXIT
 cp -p "$env_file" "$tmp"
-final_newline=1
-if [ -s "$env_file" ] && [ -n "$(tail -c 1 "$env_file")" ]; then final_newline=0; fi
-awk -v id="$run_id" -v final_nl="$final_newline" '
-  function emit(line) { if (NR > 1) printf "%s\n", held; held = line }
-  {
-    line = $0
-    if (match(line, /^[[:space:]]*(export[[:space:]]+)?LATEST_MODEL_RUN_ID=/)) {
-      cr = (line ~ /\r$/) ? "\r" : ""
-      line = substr(line, 1, RLENGTH) id cr
-      found = 1
-    }
-    if (NR == 1) eol = (line ~ /\r$/) ? "\r\n" : "\n"
-    emit(line)
-  }
-  END {
-    if (NR == 0) { printf "LATEST_MODEL_RUN_ID=%s\n", id; exit }
-    if (found) { printf "%s%s", held, (final_nl ? "\n" : "") ; exit }
-    printf "%s", held
-    printf "%sLATEST_MODEL_RUN_ID=%s%s", (final_nl ? "\n" : eol), id, eol
-  }' "$env_file" >"$tmp" || die "could not write the new .env; $env_file is unchanged"
-grep -q "^[[:space:]]*\(export[[:space:]]*\)\{0,1\}LATEST_MODEL_RUN_ID=$run_id" "$tmp" || die "internal error: the new .env lacks the run ID; $env_file is unchanged"
+problem=$(py rewrite "$env_file" "$tmp" "$run_id" 2>&1) || die "could not write the new .env ($problem); $env_file is unchanged"
 mv -f "$tmp" "$env_file"
 trap - EXIT
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,3 +115,24 @@ def trained_run(tracking_server: str) -> str:
     import train_model
 
     return train_model.run(tracking_server, train_model.DEFAULT_EXPERIMENT, train_model.TrainConfig())
+
+
+def keep_alive_ms(port: int, requests_: int = 40) -> float:
+    """Median milliseconds per seed request on ONE kept-alive connection (raw HTTP/1.1, as wrk sends it)."""
+    body = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
+    request = (
+        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    times = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for _ in range(requests_):
+            start = time.perf_counter()
+            sock.sendall(request)
+            answer = b""
+            while b'{"predictions": [0]}' not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed after {answer!r}"
+                answer += chunk
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1000

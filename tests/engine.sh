@@ -85,45 +85,48 @@ install_compose() {
   docker compose version >/dev/null || die "docker compose still does not work"
 }
 
-# Every external base image: FROM lines of the Dockerfiles (minus earlier stages, with ARG
-# defaults resolved) and the image: of compose services that no build: service produces.
+# Every external base image, read from the files as written (no .env, no Compose interpolation): the FROM
+# lines of the Dockerfiles (minus earlier build stages and scratch; ${ARG} filled in from ARG defaults) and
+# each literal `image:` of the docker-compose*.yml files. An `image:` holding a variable
+# (${AIRFLOW_IMAGE:-...}) names one of this project's own built images: skipped.
 base_images() {
-  local cfg=""
-  if [[ ! -f $REPO/airflow/Dockerfile && ! -f $REPO/mlflow/Dockerfile && ! -f $REPO/docker-compose.yml ]]; then
+  local files=() f
+  for f in "$REPO"/airflow/Dockerfile "$REPO"/mlflow/Dockerfile "$REPO"/docker-compose*.yml; do
+    [[ -f $f ]] && files+=("$f")
+  done
+  if [[ ${#files[@]} -eq 0 ]]; then
     log "no Dockerfile or docker-compose.yml yet; assuming python:3.11-slim-bookworm"
     echo python:3.11-slim-bookworm; return 0
   fi
-  if [[ -f $REPO/docker-compose.yml ]]; then
-    cfg="$(cd "$REPO" && { docker compose --profile '*' config --format json 2>/dev/null ||
-      docker compose --profile '*' config --no-interpolate --format json; })" ||
-      die "'docker compose config' cannot read docker-compose.yml"
-  fi
-  REPO="$REPO" python3 - "$cfg" <<'PY'
-import json, os, re, sys
-def interp(v, env):  # ${X}, $X, ${X:-d}, ${X-d}; anything else stays unresolved
-    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)", lambda m: env.get(m[1] or m[3]) or m[2] or "", v)
+  python3 - "${files[@]}" <<'PY'
+import re, sys
 out = set()
-for df in ("airflow/Dockerfile", "mlflow/Dockerfile"):
-    path, args, stages = os.path.join(os.environ["REPO"], df), {}, {"scratch"}
-    if not os.path.isfile(path):
+for path in sys.argv[1:]:
+    lines = open(path).read().splitlines()
+    if path.endswith(".yml"):
+        for line in lines:
+            m = re.match(r"""\s*image:\s*(["']?)([^"'\s#]+)\1\s*(#.*)?$""", line)
+            if m and "$" not in m[2]:
+                out.add(m[2])
         continue
-    for line in open(path):
+    args, stages = {}, {"scratch"}
+    for line in lines:
         w = line.split()
         if len(w) >= 2 and w[0].upper() == "ARG" and "=" in w[1]:
-            args.setdefault(*w[1].split("=", 1))
-        if len(w) < 2 or w[0].upper() != "FROM":
-            continue
-        w = [x for x in w[1:] if not x.startswith("--")]
-        img = interp(w[0], args)
-        if len(w) >= 3 and w[1].lower() == "as":
-            stages.add(w[2].lower())
-        if img.lower() not in stages:
-            out.add(img)
-svcs = json.loads(sys.argv[1] or "{}").get("services", {}).values()
-built = {interp(s["image"], os.environ) for s in svcs if "build" in s and s.get("image")}
-out |= {interp(s["image"], os.environ) for s in svcs if "build" not in s and s.get("image")} - built
-for img in sorted(out):
-    print(img) if img and "$" not in img else print(f"engine: WARNING: skipped unresolved {img!r}", file=sys.stderr)
+            name, default = w[1].split("=", 1)
+            args.setdefault(name, default.strip("\"'"))
+        elif len(w) >= 2 and w[0].upper() == "FROM":
+            w = [x for x in w[1:] if not x.startswith("--")]
+            img = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m[1] or m[2], m[0]), w[0])
+            if len(w) >= 3 and w[1].lower() == "as":
+                stages.add(w[2].lower())
+            if img.lower() in stages:
+                continue
+            if "$" in img:
+                print(f"engine: WARNING: {path}: skipped unresolved FROM {w[0]!r}", file=sys.stderr)
+            else:
+                out.add(img)
+print("\n".join(sorted(out)))
 PY
 }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -28,7 +27,7 @@ from starlette.testclient import TestClient
 
 import serve
 import train_model
-from conftest import ROOT, free_port, service, wait_for
+from conftest import ROOT, free_port, keep_alive_ms, service, wait_for
 
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 MODEL_SERVER = ROOT / "mlflow" / "model-server.sh"
@@ -222,27 +221,6 @@ def test_worker_count_must_be_a_whole_number() -> None:
     env = {**os.environ, "MODEL_SERVER_WORKERS": "two", "LATEST_MODEL_RUN_ID": ""}
     done = subprocess.run([str(MODEL_SERVER)], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "MODEL_SERVER_WORKERS='two' must be a positive whole number" in done.stderr
-
-
-def keep_alive_ms(port: int, requests_: int = 40) -> float:
-    """Median milliseconds per seed request on ONE kept-alive connection (raw HTTP/1.1, as wrk sends it)."""
-    body = json.dumps(SEED).encode()
-    request = (
-        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    times = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        for _ in range(requests_):
-            start = time.perf_counter()
-            sock.sendall(request)
-            answer = b""
-            while b'{"predictions": [0]}' not in answer:
-                chunk = sock.recv(65536)
-                assert chunk, f"connection closed after {answer!r}"
-                answer += chunk
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1000
 
 
 @pytest.mark.slow
