@@ -42,10 +42,11 @@ elif ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 echo "model-server: $workers uvicorn worker(s)" >&2
-# uvloop and httptools explicitly: uvicorn would fall back to asyncio's loop without them, whose multi-worker
-# sockets lack TCP_NODELAY (every kept-alive answer then waits ~40 ms for a delayed ACK).
-exec uvicorn serve:create_app --factory --loop uvloop --http httptools \
-  --app-dir "$(cd "$(dirname "$0")" && pwd)" \
-  --host "${MODEL_SERVER_HOST:-0.0.0.0}" \
-  --port "${MODEL_SERVER_PORT:-5001}" \
-  --workers "$workers"
+# gunicorn imports the app (MLflow, scikit-learn: ~150 MB) once, then forks the workers (--preload), so they
+# share those pages; each worker is uvicorn on uvloop and httptools (serve.Worker). --timeout: a worker whose
+# event loop is stuck that long is replaced.
+exec gunicorn 'serve:create_app()' --preload --worker-class serve.Worker \
+  --chdir "$(cd "$(dirname "$0")" && pwd)" \
+  --bind "${MODEL_SERVER_HOST:-0.0.0.0}:${MODEL_SERVER_PORT:-5001}" \
+  --workers "$workers" \
+  --timeout 60

@@ -18,7 +18,7 @@
 
 Before any model exists it answers 503 (so the healthcheck stays unhealthy) and says in its log what to do.
 
-Usage (see model-server.sh): uvicorn --factory serve:create_app, configured by the environment:
+Usage (see model-server.sh): gunicorn --preload -k serve.Worker 'serve:create_app()', configured by the environment:
   MODEL_URI                    a fixed model (e.g. runs:/<id>/model); empty: follow the champion
   REGISTERED_MODEL_NAME        the registered model to follow (default iris-classifier)
   MODEL_POLL_SECONDS           how often to check the alias (default 5)
@@ -28,6 +28,7 @@ Usage (see model-server.sh): uvicorn --factory serve:create_app, configured by t
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -40,15 +41,32 @@ from functools import cached_property
 from http import HTTPStatus
 from typing import Any
 
+import mlflow.sklearn  # noqa: F401 - the flavor this stack serves, imported before gunicorn forks (see Worker)
 import numpy as np
+import skops.io  # noqa: F401 - what mlflow.sklearn loads the model with
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
+from mlflow.utils.proto_json_utils import MlflowInvalidInputException, convert_data_type
+from mlflow.version import VERSION
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn_worker import UvicornWorker
 
 log = logging.getLogger("model-server")
 CHAMPION = "champion"
+FIRST_LOAD_WAIT_SECONDS = 20  # a worker starts answering (503 until loaded) if the first load takes longer
+
+
+class Worker(UvicornWorker):
+    """gunicorn's worker: uvicorn on uvloop and httptools, never asyncio's fallbacks (whose multi-worker sockets
+    lack TCP_NODELAY: every kept-alive answer would wait ~40 ms for a delayed ACK). gunicorn imports this module
+    and builds the app once (--preload), then forks the workers: what is imported above is shared by them."""
+
+    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools"}
 
 
 def is_utf8_json(content_type: str) -> bool:
@@ -99,9 +117,6 @@ class Loaded:
 
     def score(self, body: bytes, content_type: str) -> Response:
         """Answer one /invocations request as MLflow's scoring server does."""
-        from mlflow.exceptions import MlflowException
-        from mlflow.pyfunc import scoring_server
-
         try:
             if is_utf8_json(content_type):
                 short = self.short_path(decode_json(body))
@@ -117,8 +132,6 @@ class Loaded:
     def short_path(self, request: object) -> bytes | None:
         """The answer to a decoded plain {"inputs": [[...], ...]}, or None for anything else and for any error
         (MLflow's full path then answers, and words the error)."""
-        from mlflow.utils.proto_json_utils import convert_data_type
-
         if self.tensor_spec is None:
             return None
         if type(request) is not dict or request.keys() != {"inputs"}:
@@ -138,8 +151,6 @@ class Loaded:
 def decode_json(body: bytes) -> object:
     """json.loads, with every failure an MLflow input error (a 400): MLflow maps only JSONDecodeError and
     UnicodeDecodeError, so RecursionError and the ValueError of a too-long integer reached it as 500s."""
-    from mlflow.utils.proto_json_utils import MlflowInvalidInputException
-
     try:
         return json.loads(body)
     except (RecursionError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -150,8 +161,6 @@ def decode_json(body: bytes) -> object:
 
 def load(uri: str, version: str = "", run_id: str = "") -> Loaded:
     """Load a model completely (nothing is swapped yet), the way MLflow's scoring server loads it."""
-    from mlflow.pyfunc import scoring_server
-
     model = scoring_server.load_model_with_mlflow_config(uri)
     loaded = Loaded(model, uri, version, run_id or (model.metadata.run_id or ""))
     _ = loaded.tensor_spec  # decide the short path before the first request
@@ -191,9 +200,6 @@ class ModelWatcher:
         if self.fixed_uri:
             self.swap(load(self.fixed_uri))
             return
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
         try:
             target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
         except MlflowException:
@@ -274,8 +280,6 @@ def create_app(
         return Response("\n", 200, current.headers, "application/json") if current else not_loaded()
 
     async def version(request: Request) -> Response:
-        from mlflow.version import VERSION
-
         current = watcher.current
         return Response(VERSION, 200, current.headers, "application/json") if current else not_loaded()
 
@@ -294,10 +298,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # uvicorn accepts connections only after startup: a worker that starts while a model exists loads it
-        # first, so no worker answers 503 beside one that serves (MODEL_SERVER_WORKERS > 1).
+        # A worker accepts connections only after startup: one that starts while a model exists loads it first,
+        # so no worker answers 503 beside one that serves (MODEL_SERVER_WORKERS > 1). The thread starts here,
+        # in each worker, not in gunicorn's parent, which imported this module before forking.
         first_attempt = watcher.start()
-        await asyncio.to_thread(first_attempt.wait)
+        await asyncio.to_thread(first_attempt.wait, FIRST_LOAD_WAIT_SECONDS)
         yield
         watcher.stopped.set()
 
@@ -315,4 +320,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.watcher = watcher
+    gc.freeze()  # what exists now is never collected: the forked workers do not copy those pages for the GC
     return app

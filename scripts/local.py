@@ -39,10 +39,6 @@ def ports(cfg: dict[str, str]) -> dict[str, int]:
         "airflow": airflow,
         "mlflow": int(cfg.get("MLFLOW_PORT") or 5000),
         "model": int(cfg.get("MODEL_SERVER_PORT") or 5001),
-        # Inside containers these are fixed (8793, 8974) and unpublished; locally they would clash between two
-        # stacks on one host, so they follow the Airflow port (8080 -> 8793 and 8974, as in containers).
-        "log_server": airflow + 713,
-        "scheduler_health": airflow + 894,
     }
 
 
@@ -58,9 +54,6 @@ def local_overrides(service: str, cfg: dict[str, str]) -> dict[str, str]:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{p['airflow']}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(p["airflow"]),
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(p["log_server"]),
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(p["scheduler_health"]),
             "MLFLOW_TRACKING_URI": mlflow_uri,
         }
     if service == "mlflow-server":
@@ -172,7 +165,24 @@ def up() -> None:
     supervisorctl("start", *LONG_RUNNING[1:], check=False)
     wait_http("mlflow-server", f"http://127.0.0.1:{p['mlflow']}/health")
     wait_http("airflow-webserver", f"http://127.0.0.1:{p['airflow']}/api/v2/monitor/health")
-    wait_http("airflow-scheduler", f"http://127.0.0.1:{p['scheduler_health']}/health")
+    _, env = command_and_env("airflow-scheduler")
+    try:  # the compose healthcheck's own script, which asks the api-server about the scheduler's heartbeat
+        wait_for(
+            "airflow-scheduler to be healthy",
+            lambda: (
+                subprocess.run(
+                    [sys.executable, str(ROOT / "airflow" / "healthcheck.py"), "scheduler"],
+                    env=env,
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            180,
+            interval=1,
+        )
+    except TimeoutError as exc:
+        raise SystemExit(f"local: {exc}; see {STATE}/logs/airflow-scheduler.log") from None
+    print("  airflow-scheduler is healthy", flush=True)
 
 
 def down() -> None:

@@ -146,10 +146,11 @@ def test_local_mode_uses_the_compose_settings(tmp_path, monkeypatch) -> None:  #
 
     local = importlib.reload(local)
     command, env = local.command_and_env("airflow-scheduler")
-    assert command[-2:] == ["airflow", "scheduler"] and command[0].endswith("airflow/entrypoint.sh")
+    scheduler = [str(ROOT / "airflow" / "entrypoint.sh"), "python", str(ROOT / "airflow" / "scheduler.py")]
+    assert command == [*scheduler, "--skip-serve-logs"]
     assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
     assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
-    assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+    assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "0.25"
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
     command, env = local.command_and_env("mlflow-server")
     assert command == [str(ROOT / "mlflow" / "tracking-server.sh")]
