@@ -1,220 +1,275 @@
-"""Helpers shared by the benchmark sections: statistics, figures, the machine, processes, polling, timestamps."""
+"""What every part of the benchmark shares: figures and verdicts, the machine, processes, the compose stack it
+runs under its own name, and the load client."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-import re
+import resource
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(ROOT / "scripts"))
-from demo import http  # noqa: E402  (the project's own stdlib JSON client)
+from demo import Airflow, http  # noqa: E402  (the project's own REST client)
+from stackenv import read_env_file, wait_for  # noqa: E402
 
-__all__ = ["http"]
-VENV_BIN = Path(sys.executable).parent
+__all__ = ["Airflow", "http", "wait_for"]
+PROJECT = "mlopsbench"
+IMAGES = {"airflow": f"{PROJECT}-airflow:latest", "mlflow": f"{PROJECT}-mlflow:latest"}
+DAG_ID = "mlops_pipeline"
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
-
-
-class BenchError(RuntimeError):
-    """A section could not measure what it should; the message says why (the run goes on with the next one)."""
-
-
-def log(message: str) -> None:
-    """Progress on stdout, with the time since the bench started, so a slow step shows where it is slow."""
-    print(f"[{time.monotonic() - STARTED:6.0f} s] {message}", flush=True)
-
-
 STARTED = time.monotonic()
 
 
-# --- statistics: every figure is a median of several runs, with min and max
-def summary(values: list[float], digits: int = 3) -> dict[str, Any]:
-    """Median, min and max of the runs (and the runs themselves), rounded for people."""
+class BenchError(RuntimeError):
+    """A part could not measure what it should; the message says why (the other parts still run)."""
+
+
+def log(message: str) -> None:
+    """Progress with the seconds since the start, so a slow step shows where it is slow."""
+    print(f"[{time.monotonic() - STARTED:6.0f} s] {message}", flush=True)
+
+
+# --- figures: the median of the runs, min and max beside it, and a verdict against the target
+def summary(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None]
     if not values:
-        return {"median": None, "min": None, "max": None, "n": 0, "runs": []}
-    return {
-        "median": round(statistics.median(values), digits),
-        "min": round(min(values), digits),
-        "max": round(max(values), digits),
-        "n": len(values),
-        "runs": [round(v, digits) for v in values],
-    }
+        return {"median": None, "min": None, "max": None, "runs": []}
+    rounded = [round(v, 4) for v in values]
+    return {"median": round(statistics.median(values), 4), "min": min(rounded), "max": max(rounded), "runs": rounded}
 
 
-def figure(
-    section: str,
-    name: str,
-    values: list[float],
-    unit: str,
-    *,
-    target: float | None = None,
-    better: str = "lower",
-    reference: str = "",
-    note: str = "",
+def detail(part: str, name: str, values: list[float], unit: str) -> dict[str, Any]:
+    """A breakdown row: what explains a target's figure."""
+    return {"part": part, "name": name, "unit": unit, **summary(values)}
+
+
+def target(
+    part: str, name: str, values: list[float], unit: str, goal: float, reference: str, better: str = "lower"
 ) -> dict[str, Any]:
-    """One row of results.md: the median of `values` against an optional target (met when on `better` side)."""
-    row: dict[str, Any] = {"section": section, "name": name, "unit": unit, **summary(values)}
-    row.update(target=target, better=better, reference=reference, note=note, met=None)
-    if target is not None and row["median"] is not None:
-        row["met"] = row["median"] <= target if better == "lower" else row["median"] >= target
+    """A target row: met when the median is on the `better` side of `goal` (computed from this run's reference)."""
+    row = detail(part, name, values, unit)
+    row.update(goal=round(goal, 4), better=better, reference=reference)
+    row["verdict"] = verdict(row)
     return row
 
 
-# --- the machine the numbers come from
+def verdict(row: dict[str, Any]) -> str:
+    if row["median"] is None:
+        return "not measured"
+    gap = row["median"] - row["goal"] if row["better"] == "lower" else row["goal"] - row["median"]
+    if gap <= 0:
+        return "met"
+    return f"missed by {fmt(gap, row['unit'])} ({gap / row['goal']:.0%})" if row["goal"] else "missed"
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "x":
+        return f"{value:.2f}x"
+    digits = 2 if unit == "cores" else 0 if unit == "requests" or abs(value) >= 100 else 1
+    return f"{value:,.{digits}f} {unit}"
+
+
 def machine() -> dict[str, Any]:
-    """CPU model, cores, RAM, kernel, engine: printed and stored so numbers are never read without them."""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in _read("/proc/cpuinfo").splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or platform.machine(),
-    )
-    mem_kb = next(
-        (int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0
-    )
+    """Printed and stored with the figures: a number means little without the machine it came from."""
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
     return {
         "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(mem_kb / 1024**2, 1),
-        "arch": platform.machine(),
-        "kernel": platform.release(),
-        "os": _os_name(),
-        "python": platform.python_version(),
-        "docker_engine": _cmd(["docker", "version", "--format", "{{.Server.Version}}"]),
-        "compose": _cmd(["docker", "compose", "version", "--short"]),
-        "load_average_at_start": list(os.getloadavg()),
+        "cores": os.cpu_count() or 1,
+        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "docker": docker.stdout.strip() or "unavailable",
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def _os_name() -> str:
-    for line in _read("/etc/os-release").splitlines():
-        if line.startswith("PRETTY_NAME="):
-            return line.split("=", 1)[1].strip('"')
-    return platform.system()
+def epoch(stamp: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 stamp (Docker's nanoseconds and Airflow's Z included)."""
+    if not stamp:
+        return None
+    head, dot, frac = stamp.rstrip("Z").partition(".")
+    frac = frac.split("+")[0].split("-")[0]
+    return datetime.fromisoformat(head + "+00:00").timestamp() + (float(f"0.{frac}") if dot and frac else 0.0)
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def _cmd(args: list[str]) -> str:
-    try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unavailable"
-    return out.stdout.strip() if out.returncode == 0 else "unavailable"
-
-
-# --- ports, processes
+# --- processes on this machine
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A background process in its own session (its whole group is stopped by stop()), output to a file."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+def start(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A background process in its own process group (stop() ends the whole group), output to a file."""
     with open(log_path, "w") as out:
-        return subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 30) -> None:
-    """Stop the process group the bench started (never anything else), politely first."""
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+def stop(proc: subprocess.Popen) -> None:
+    """End the process group this bench started, politely first."""
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
         try:
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            proc.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             continue
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User+system CPU of every live process in a process group (from /proc): what a server spent."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def cpu_seconds(roots: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of these processes and all their descendants (psutil)."""
+    spent = {}
+    for pid in roots:
         try:
-            text = (entry / "stat").read_text()
-        except OSError:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
             continue
-        fields = text[text.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:  # field 5 of stat: the process group
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                spent[proc.pid] = times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+    return spent
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
-    """Poll `check` until it returns something truthy; its exceptions (nothing listening yet) count as 'not yet'."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent on anything (all cores), for "who else used the CPU"."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+# --- the compose stack, under its own project name, images, .env and ports
+class Stack:
+    """The `mlopsbench` compose project: a throwaway .env with fresh secrets and free ports, its own images."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.ports = {key: free_port() for key in ("AIRFLOW_PORT", "MLFLOW_PORT", "MODEL_SERVER_PORT")}
+        self.env_file = workdir / "bench.env"
+        sets = [arg for key, port in self.ports.items() for arg in ("--set", f"{key}={port}")]
+        make_env = [sys.executable, str(ROOT / "scripts" / "make_env.py"), "--env-file", str(self.env_file), *sets]
+        subprocess.run(make_env, check=True, capture_output=True)
+        self.cfg = read_env_file(self.env_file)
+        self.env = {
+            **os.environ,
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_ENV_FILES": str(self.env_file),
+            "ENV_FILE": str(self.env_file),  # scripts/demo.py
+            "AIRFLOW_IMAGE": IMAGES["airflow"],
+            "MLFLOW_IMAGE": IMAGES["mlflow"],
+            "COMPOSE_BAKE": "false",
+            "DOCKER_BUILDKIT": "0",
+        }
+        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
+        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
+        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess:
+        out = subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
+        if check and out.returncode != 0:
+            raise BenchError(f"`{' '.join(args[:5])}` failed: {(out.stderr or out.stdout).strip()[-800:]}")
+        return out
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return self.run("docker", "compose", *args, check=check, timeout=timeout)
+
+    def container(self, service: str) -> str:
+        cid = self.compose("ps", "-q", service).stdout.strip()
+        if not cid:
+            raise BenchError(f"{service} is not running")
+        return cid
+
+    def init_pid(self, service: str) -> int:
+        """The host PID of the container's init: its process tree is the service's CPU."""
+        return int(self.run("docker", "inspect", "-f", "{{.State.Pid}}", self.container(service)).stdout)
+
+    def airflow(self) -> Airflow:
+        """scripts/demo.py's client, logged in as the admin of this stack's .env."""
         try:
-            result = check()
-        except (OSError, ValueError):
-            result = None
-        if result:
-            return result
-        time.sleep(interval)
-    raise BenchError(f"{what} did not happen within {timeout:.0f} s")
+            return Airflow(
+                self.airflow_url, self.cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", self.cfg["AIRFLOW_ADMIN_PASSWORD"]
+            )
+        except SystemExit as exc:
+            raise BenchError(str(exc)) from None
+
+    def down(self) -> None:
+        """Containers, network and volumes gone; killed first, since nothing of it is kept."""
+        self.compose("kill", check=False)
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "0", check=False)
 
 
-def status_ok(url: str) -> bool:
-    return http("GET", url)[0] == 200
+# --- load: wrk for single rows (keep-alive, C, one thread), http.client for the big batch
+def wrk(url: str, connections: int, seconds: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+    """One bounded wrk run of the seed payload. Adds req/s and, to explain it, where the CPU went: per group of
+    process trees in `pids` (the server; in compose also docker-proxy) the CPU ms per request, the cores it kept
+    busy and its busiest process's; wrk's own share of a core; and the cores the whole machine kept busy."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / "wrk_post.lua")]
+    before_client, before_machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_seconds()
+    before = {name: cpu_seconds(group) for name, group in pids.items()}
+    out = subprocess.run([*cmd, f"{url}/invocations"], capture_output=True, text=True, timeout=seconds + 60)
+    after = {name: cpu_seconds(group) for name, group in pids.items()}
+    after_client, after_machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_seconds()
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed: {(out.stderr or out.stdout).strip()[-400:]}")
+    result = json.loads(line.removeprefix("WRKJSON "))
+    duration, requests = result["duration_us"] / 1e6, max(1, result["requests"])
+    client = sum(getattr(after_client, f) - getattr(before_client, f) for f in ("ru_utime", "ru_stime"))
+    errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    result.update(rps=result["requests"] / duration, client_cores=client / duration, errors=errors)
+    result["machine_cores"] = (after_machine - before_machine) / duration
+    result["cpu_ms"], result["cores"], result["busiest_cores"] = {}, {}, {}
+    for name, now in after.items():
+        spent = [cpu - before[name].get(pid, 0.0) for pid, cpu in now.items()]
+        result["cpu_ms"][name] = 1000 * sum(spent) / requests
+        result["cores"][name] = sum(spent) / duration
+        result["busiest_cores"][name] = max(spent, default=0.0) / duration
+    return result
+
+
+def batch_rows_per_s(url: str, rows: int, repeats: int = 3) -> float:
+    """Rows per second of one request of `rows` seed rows (median of `repeats` after a warm-up, one connection)."""
+    body = json.dumps({"inputs": SEED["inputs"] * rows}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    conn = HTTPConnection(host, int(port), timeout=120)
+    times = []
+    try:
+        for i in range(repeats + 1):
+            started = time.perf_counter()
+            conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise BenchError(f"{url} answered {response.status} to {rows} rows: {answer[:200]!r}")
+            if i:
+                times.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+    return rows / statistics.median(times)
 
 
 def predicts(url: str) -> bool:
-    """True once the model-server answers the seed's payload with predictions."""
     status, body = http("POST", f"{url}/invocations", SEED)
     return status == 200 and isinstance(body, dict) and "predictions" in body
-
-
-# --- timestamps: Docker (RFC 3339 with nanoseconds), Airflow's API (ISO 8601 with Z), Python logging
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def epoch(stamp: str | None) -> float | None:
-    """Seconds since the epoch of an ISO/RFC 3339 timestamp (UTC when it says Z), None for None."""
-    if not stamp:
-        return None
-    stamp = _FRACTION.sub(r"\1", stamp.strip()).replace("Z", "+00:00")
-    return datetime.fromisoformat(stamp).timestamp()
-
-
-def log_epoch(line: str) -> float | None:
-    """The timestamp of a Python logging line ('2026-01-01 12:00:00,123 ...', local time), or None."""
-    match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line)
-    if not match:
-        return None
-    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(match[2]) / 1000

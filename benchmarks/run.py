@@ -1,13 +1,9 @@
-"""make bench: the stack's four numbers, each against a reference measured in the same run.
+"""make bench: the performance targets, each against a reference measured in the same run.
 
-1. time to first prediction from `docker compose up` (fresh volumes), and where it goes; the same in local mode
-2. memory after one DAG run, idle, tuned vs. the tools' defaults; image sizes
-3. DAG runs on warm services: Airflow's overhead vs. the tasks' work
-4. serving: throughput and latency at 1/4/16 connections vs. in-process predict and a minimal FastAPI server
-
-Usage: python benchmarks/run.py [--runs 3] [--warm-runs 3] [--seconds 3] [--parts compose,serving] [--local-runs 3]
-Writes benchmarks/results.json, benchmarks/results.md and the PNG plots beside them, and the table of targets in
-README.md (between its two marker lines). Not part of `make test`.
+Usage: python benchmarks/run.py [--parts serving-compose,...] [--runs 3] [--seconds 3] [--no-build]
+Writes benchmarks/results.md, benchmarks/results.json and the PNG plots beside them (nothing outside benchmarks/).
+The compose parts share one `mlopsbench` stack: cold starts first (each on fresh volumes, memory measured idle
+after its DAG run), then serving, training and recovery on the last of them; `down -v` at the end.
 """
 
 from __future__ import annotations
@@ -17,257 +13,197 @@ import json
 import os
 import shutil
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compose_bench  # noqa: E402
-import figures  # noqa: E402
-import local_bench  # noqa: E402
-import pipeline  # noqa: E402
+import compose_parts  # noqa: E402
 import report  # noqa: E402
 import serving  # noqa: E402
-from common import BENCH, BenchError, http, log, machine, wait_for  # noqa: E402
+from common import BENCH, BenchError, Stack, log, machine  # noqa: E402
 
-PARTS = ("compose", "proposed", "local", "serving")
-DEFAULT_PARTS = ("compose", "serving")
+PARTS = ("serving-compose", "serving-local", "training", "cold-start", "memory", "recovery")
+COMPOSE = ("cold-start", "memory", "serving-compose", "training", "recovery")  # the order they run in
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (medians need >= 3)")
-    parser.add_argument("--warm-runs", type=int, default=3, help="DAG runs on warm services")
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of one wrk run")
-    parser.add_argument("--local-runs", type=int, default=3, help="cold starts of local mode (part `local`)")
-    parser.add_argument(
-        "--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated, from {','.join(PARTS)} (order kept)"
-    )
-    parser.add_argument("--out", type=Path, default=BENCH, help="where results.json/.md and the plots go")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {','.join(PARTS)}")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median needs 3)")
+    parser.add_argument("--seconds", type=int, default=3, help="length of one wrk run")
+    parser.add_argument("--no-build", action="store_true", help="use the mlopsbench images as they are")
+    parser.add_argument("--out", type=Path, default=BENCH, help="where results.md/.json and the plots go")
     args = parser.parse_args(argv)
-    args.parts = [p for p in args.parts.split(",") if p]
-    if unknown := set(args.parts) - set(PARTS):
+    given = [p for p in args.parts.split(",") if p]
+    if unknown := set(given) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    args.parts = [p for p in PARTS if p in given]
+    if args.runs < 1 or args.seconds < 1:
+        parser.error("--runs and --seconds must be at least 1")
     return args
 
 
-def compose_section(args: argparse.Namespace, results: dict, tmp: Path) -> None:
-    """Sections 1-3 and the compose serving point. Cold starts: tuned, defaults, then the other tuned ones (so
-    noise spreads over both settings); the defaults stack also gets runs-1 more DAG runs, for memory samples
-    after DAG runs 1..runs like those of the last tuned stack; warm runs and wrk use the last tuned stack."""
-    if problem := compose_bench.engine_problem():
-        raise BenchError(problem)
-    compose_bench.write_overrides()
-    tuned = compose_bench.Stack(tmp / "tuned")
-    defaults = compose_bench.Stack(tmp / "defaults", compose_bench.DEFAULTS_OVERRIDE)
-    details = results["details"].setdefault("compose", {"cycles": {"tuned": [], "defaults": []}})
-    log("compose: building the images (cached layers make this quick after the first time)")
-    details["build_s"] = round(compose_bench.build(tuned), 1)
-    details["images"] = compose_bench.image_sizes(tuned)
-    results["figures"] += figures.image_figures(details["images"])
-    try:
-        airflow = None
-        plan = ["tuned"] * args.runs
-        plan.insert(min(1, args.runs - 1), "defaults")  # second, or first when there is one tuned run only
-        for label in plan:
-            if label == "tuned":
-                detail, airflow = cold_start(tuned, tmp, label)
-            else:
-                try:
-                    detail, client = cold_start(defaults, tmp, label)
-                    detail["later_runs"] = warm_runs(client, args.runs - 1, defaults, "defaults")
-                except BenchError as exc:
-                    results["skipped"]["compose defaults"] = str(exc).splitlines()[0][:500]
-                    log(f"  FAILED (the tuned runs go on): {exc}")
-                    continue
-            details["cycles"][label].append(detail)
-        details["warm_runs"] = warm_runs(airflow, args.warm_runs, tuned, "tuned")
-        details["serving"] = compose_serving(tuned, args)
-    finally:
-        tuned.down()
-        _compose_figures(results, details)
+def ensure_wrk() -> str:
+    """wrk's version; installed with apt-get when missing (the serving parts need it)."""
+    if shutil.which("wrk") is None:
+        log("installing wrk (apt-get install -y wrk)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True).returncode:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True)
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is missing and could not be installed: apt-get install -y wrk")
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (out.stdout + out.stderr).split(" Copyright")[0].strip()
 
 
-def cold_start(stack: compose_bench.Stack, tmp: Path, label: str) -> tuple[dict, Any]:
-    """One `up` on fresh volumes to the first prediction, then the memory once the DAG run is over."""
-    log(f"compose: cold start on {label} settings")
-    detail, airflow, _ = compose_bench.cycle(stack, tmp)
-    detail["memory_mib"] = compose_bench.idle_memory(stack)
-    total = sum(detail["memory_mib"].values())
-    log(f"  first prediction after {detail['marks_s']['first_prediction']:.1f} s; memory {total:.0f} MiB")
-    return detail, airflow
+class Results(dict):
+    """The whole run as one JSON document: targets, breakdown rows, notes, plots, parts not measured, raw data."""
 
+    def add(self, part: str, rows: tuple[list[dict], list[dict], list[str]]) -> None:
+        targets, details, notes = rows
+        self["targets"] += targets
+        self["details"] += details
+        self["notes"].setdefault(part, []).extend(notes)
 
-def warm_runs(airflow: Any, count: int, stack: compose_bench.Stack | None = None, label: str = "") -> list[dict]:
-    """DAG runs one after the other on running services; with a stack, its memory after each (idle)."""
-    runs = []
-    for i in range(count):
-        run_id, seconds = pipeline.trigger_and_wait(airflow)
-        breakdown = pipeline.run_breakdown(airflow, run_id)
-        breakdown["client_s"] = round(seconds, 3)
-        pipeline.relative_to(breakdown, breakdown["queued_at"])
-        if stack is not None:
-            breakdown["memory_mib"] = compose_bench.idle_memory(stack)
-        runs.append(breakdown)
-        log(f"compose: DAG run {i + 1}/{count} on warm {label} services: {seconds:.1f} s")
-    return runs
-
-
-def compose_serving(stack: compose_bench.Stack, args: argparse.Namespace) -> dict:
-    """wrk against the compose model-server once it serves the newest champion (no load in the background)."""
-    newest = str(1 + args.warm_runs)
-    try:
-        wait_for("the model-server to serve the newest champion", lambda: _serves(stack.model_url, newest), 60)
-    except BenchError as exc:
-        log(f"compose: {exc}; measuring anyway")
-    cid = stack.compose("ps", "-q", "model-server").stdout.strip()
-    pid = int(stack.run("docker", "inspect", "-f", "{{.State.Pid}}", cid).stdout.strip() or 0)
-    log("compose: wrk against the compose model-server (4 connections)")
-    return serving.compose_point(stack.model_url, pid or None, args.runs, args.seconds)
-
-
-def _serves(url: str, version: str) -> bool:
-    status, body = http("GET", f"{url}/model")
-    return status == 200 and isinstance(body, dict) and body.get("model_version") == version
-
-
-def _compose_figures(results: dict, details: dict) -> None:
-    tuned, defaults = details["cycles"]["tuned"], details["cycles"]["defaults"]
-    section = "1. Time to first prediction, compose (from `up` on built images, fresh volumes)"
-    if tuned:
-        results["figures"] += figures.startup_figures(section, tuned, defaults, "compose, tuned", "tools' defaults")
-    if tuned or defaults:
-        last_tuned = ([tuned[-1]] if tuned else []) + details.get("warm_runs", [])
-        later = [r for c in defaults for r in [c, *c.get("later_runs", [])]]
-        results["figures"] += figures.memory_figures(tuned, last_tuned[: len(later) or None], later)
-    if details.get("warm_runs"):
-        results["figures"] += figures.warm_figures(details["warm_runs"], "3. DAG runs on warm services, compose")
-    if details.get("serving"):
-        results["figures"] += figures.compose_serving_figures(details["serving"])
-
-
-def proposed_section(args: argparse.Namespace, results: dict, tmp: Path) -> None:
-    """Optional: the recommended tuning (benchmarks/proposed.override.yml), cold starts and warm runs, against
-    the tuned stack of this run when `compose` ran too."""
-    if problem := compose_bench.engine_problem():
-        raise BenchError(problem)
-    compose_bench.write_overrides()
-    stack = compose_bench.Stack(tmp / "proposed", compose_bench.PROPOSED_OVERRIDE)
-    details = results["details"].setdefault("proposed", {"cycles": []})
-    if "compose" not in results["details"]:  # else the images of this run are built already
-        compose_bench.build(stack)
-    airflow = None
-    try:
-        for _ in range(args.runs):
-            detail, airflow = cold_start(stack, tmp, "proposed")
-            details["cycles"].append(detail)
-        details["warm_runs"] = warm_runs(airflow, args.warm_runs, stack, "proposed")
-    finally:
-        stack.down()
-        tuned = results["details"].get("compose", {})
-        if details["cycles"]:
-            section = "1d. Time to first prediction, compose with benchmarks/proposed.override.yml"
-            reference = tuned.get("cycles", {}).get("tuned")
-            results["figures"] += figures.startup_figures(section, details["cycles"], reference, "proposed", "tuned")
-        if details.get("warm_runs"):
-            section = "3b. DAG runs on warm services, compose with benchmarks/proposed.override.yml"
-            results["figures"] += figures.warm_figures(details["warm_runs"], section, tuned.get("warm_runs"))
-
-
-def local_section(args: argparse.Namespace, results: dict, tmp: Path) -> None:
-    cycles = results["details"].setdefault("local", {"cycles": []})["cycles"]
-    try:
-        for i in range(args.local_runs):
-            log(f"local: cold start {i + 1}/{args.local_runs} (scripts/local.py up)")
-            cycles.append(local_bench.cycle(tmp))
-            log(f"  first prediction after {cycles[-1]['marks_s']['first_prediction']:.1f} s")
-    finally:
-        if cycles:
-            section = "1c. Time to first prediction, local mode (scripts/local.py up, empty state)"
-            results["figures"] += figures.startup_figures(section, cycles, None, "local mode")
-
-
-def serving_section(args: argparse.Namespace, results: dict, tmp: Path) -> None:
-    data = serving.measure(args.runs, args.seconds, tmp / "serving")
-    results["details"]["serving"] = data
-    results["figures"] += figures.serving_figures(data, os.cpu_count() or 1)
-
-
-def run_parts(args: argparse.Namespace, results: dict, tmp: Path) -> None:
-    sections = {
-        "compose": compose_section,
-        "proposed": proposed_section,
-        "local": local_section,
-        "serving": serving_section,
-    }
-    for part in args.parts:
-        if part == "local" and args.local_runs < 1:
-            results["skipped"]["local"] = "--local-runs 0"
-            continue
+    def attempt(self, part: str, measure: Callable[[], Any]) -> Any:  # noqa: ANN401
+        """Run one part; its failure is recorded as "not measured" and the next part goes on."""
         started = time.monotonic()
         try:
-            sections[part](args, results, tmp)
-        except BenchError as exc:
-            results["skipped"][part] = str(exc).strip().splitlines()[0][:500]
-            results["details"].setdefault("errors", {})[part] = str(exc)[-4000:]
-            log(f"{part}: FAILED: {exc}")
-        results["details"].setdefault("section_seconds", {})[part] = round(time.monotonic() - started, 1)
+            return measure()
+        except (Exception, SystemExit) as exc:  # one part's failure must not lose the others' figures
+            if isinstance(exc, SystemExit) and not isinstance(exc.code, str):
+                raise  # SIGTERM (an exit code), not demo.py's client giving up (a message)
+            why = str(exc) if isinstance(exc, BenchError | SystemExit) else f"{type(exc).__name__}: {exc}"
+            self["skipped"][part] = why.strip()[:1500]
+            log(f"{part}: NOT MEASURED: {exc}")
+            return None
+        finally:
+            self["part_seconds"][part] = round(self["part_seconds"].get(part, 0) + time.monotonic() - started, 1)
 
 
-def write(results: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    plots = []
-    cores = results["machine"]["cores"] or 1
-    tuned = results["details"].get("compose", {}).get("cycles", {}).get("tuned", [])
-    if tuned:
-        median_run = sorted(tuned, key=lambda c: c["marks_s"]["first_prediction"])[len(tuned) // 2]
-        plots.append(report.startup_plot(median_run, out / "startup.png"))
-    if results["details"].get("serving"):
-        plots.append(report.serving_plot(results["details"]["serving"], cores, out / "serving.png"))
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out / "results.md").write_text(report.markdown(results, [str(p) for p in plots]))
-    if out.resolve() == BENCH.resolve() and results["figures"]:  # the committed results: the README shows them
-        report.update_readme(results, BENCH.parent / "README.md")
+def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> None:
+    wanted = [p for p in COMPOSE if p in args.parts]
+    stack = Stack(tmp)
+    try:
+        if not args.no_build:
+            log("compose: building the mlopsbench images (cached layers make this quick)")
+            started = time.monotonic()
+            stack.compose("build", timeout=1800)
+            results["raw"]["build_s"] = round(time.monotonic() - started, 1)
+        count = args.runs if {"cold-start", "memory"} & set(wanted) else 1
+        starts: list[dict] = []
+        for i in range(count):
+            log(f"cold start {i + 1}/{count}: make demo on fresh volumes")
+            starts.append(compose_parts.cold_start(stack, tmp))
+            log(f"  first prediction after {starts[-1]['first_prediction_s']:.1f} s")
+        results["raw"]["cold_starts"] = starts
+        if "cold-start" in wanted:
+            results.add("cold-start", compose_parts.cold_start_rows(starts))
+            median = sorted(starts, key=lambda s: s["first_prediction_s"])[len(starts) // 2]
+            report.cold_start_plot(median, args.out / "cold_start.png", compose_parts.COLD_START_S)
+            results["plots"]["cold-start"] = ["cold_start.png"]
+        if "memory" in wanted:
+            results.attempt("memory", lambda: results.add("memory", memory(stack, starts)))
+        if "serving-compose" in wanted:
+            results.attempt("serving-compose", lambda: serving_compose(stack, args, results))
+        if "training" in wanted:
+            results.attempt("training", lambda: results.add("training", compose_parts.training(stack, args.runs)))
+        if "recovery" in wanted:
+            results.attempt("recovery", lambda: results.add("recovery", compose_parts.recovery(stack, args.runs)))
+    finally:
+        log("compose: down -v")
+        stack.down()
+
+
+def memory(stack: Stack, starts: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
+    return compose_parts.memory_rows(starts, compose_parts.image_sizes(stack))
+
+
+def serving_compose(stack: Stack, args: argparse.Namespace, results: Results) -> None:
+    info = compose_parts.champion_served(stack)
+    raw = serving.compose(stack, args.runs, args.seconds, info)
+    results["raw"]["serving-compose"] = raw
+    results.add("serving-compose", serving.rows("serving-compose", raw, os.cpu_count() or 1))
+
+
+def serving_local(args: argparse.Namespace, results: Results, tmp: Path) -> None:
+    raw = serving.local(tmp / "local", args.runs, args.seconds)
+    results["raw"]["serving-local"] = raw
+    results.add("serving-local", serving.rows("serving-local", raw, os.cpu_count() or 1))
+
+
+def serving_plot(results: Results, out: Path) -> None:
+    setups = {}
+    for part in ("serving-compose", "serving-local"):
+        raw = results["raw"].get(part)
+        if not raw:
+            continue
+        ceiling = (os.cpu_count() or 1) * 1000 / statistics.median(raw["inprocess"]["predict_ms"])
+        points = [
+            {
+                "connections": c,
+                "rps": statistics.median(r["rps"] for r in runs),
+                "p50": statistics.median(r["p50_us"] for r in runs) / 1000,
+                "p99": statistics.median(r["p99_us"] for r in runs) / 1000,
+            }
+            for c, runs in raw["load"].items()
+        ]
+        setups[part] = {"ceiling": ceiling, "goal": serving.CEILING_SHARE * ceiling, "points": points}
+    if setups:
+        report.serving_plot(setups, out / "serving.png")
+        results["plots"]["serving-compose" if "serving-compose" in setups else "serving-local"] = ["serving.png"]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every `finally` stops what it started
-    info = machine()
-    print("Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
-    client = serving.wrk_version() or (serving.install_wrk() if "serving" in args.parts else None)
-    if "serving" in args.parts and client is None:
-        sys.exit("bench: wrk is not installed and could not be installed: apt-get install -y wrk")
-    results: dict[str, Any] = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": info,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "client": f"{client}, one thread, keep-alive, benchmarks/wrk_post.lua; batches: Python http.client",
-        "figures": [],
-        "details": {},
-        "skipped": {},
-    }
+    results = Results(
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        settings={"parts": args.parts, "runs": args.runs, "seconds": args.seconds},
+        machine=machine(),
+        client="",
+        targets=[],
+        details=[],
+        notes={},
+        plots={},
+        skipped={},
+        part_seconds={},
+        raw={},
+    )
+    print("Machine: " + ", ".join(f"{k}={v}" for k, v in results["machine"].items()), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="mlopsbench-"))
     try:
-        run_parts(args, results, tmp)
+        if any(p.startswith("serving") for p in args.parts):
+            results["client"] = results.attempt("wrk", ensure_wrk) or ""
+        if [p for p in COMPOSE if p in args.parts]:
+            results.attempt("compose", lambda: compose_session(args, results, tmp))
+        if "serving-local" in args.parts:
+            results.attempt("serving-local", lambda: serving_local(args, results, tmp))
+    except BaseException as exc:  # Ctrl-C or SIGTERM: what was measured is still written, and says so
+        results["skipped"]["this run"] = f"interrupted ({type(exc).__name__}); the parts after it did not run"
+        raise
     finally:
         results["runtime_s"] = round(time.monotonic() - started, 1)
-        results["load_average_at_end"] = list(os.getloadavg())
-        results["notes"] = figures.notes(results)
-        write(results, args.out)
+        results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        serving_plot(results, args.out)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (args.out / "results.md").write_text(report.markdown(results))
         shutil.rmtree(tmp, ignore_errors=True)
-    print(
-        f"\nbench: {results['runtime_s'] / 60:.1f} min; results in {args.out}/results.md and results.json", flush=True
-    )
-    for row in results["figures"]:
-        if row["target"] is not None:
-            print(f"  {row['name']}: {report.fmt(row['median'], row['unit'])}  {report.verdict(row)}")
+    print(f"\nbench: {results['runtime_s'] / 60:.1f} min; {args.out}/results.md", flush=True)
+    for row in results["targets"]:
+        print(f"  {row['part']}: {row['name']}: {report.fmt(row['median'], row['unit'])}  {row['verdict']}")
     for part, why in results["skipped"].items():
-        print(f"  NOT MEASURED {part}: {why}")
+        print(f"  NOT MEASURED {part}: {why.splitlines()[0]}")
     return 0
 
 

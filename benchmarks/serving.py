@@ -1,356 +1,183 @@
-"""Section 4: serving. Single-row requests at 1, 4 and 16 connections (wrk, 127.0.0.1 only, bounded runs) and
-batches of 1,000 and 10,000 rows, for the model-server (mlflow/model-server.sh as a local process) and a minimal
-reference server (benchmarks/ref_server.py), against the same model's in-process predict measured in this run.
-
-The load client is wrk (C, epoll, one thread): its own CPU time is measured and reported for every run, so a
-run where the client could have been the bottleneck shows it. Batches are sent one at a time over one keep-alive
-connection with http.client; their bodies are encoded before the clock starts.
-"""
+"""Target 1, serving: single-row requests at 1 and 4 keep-alive connections (wrk) and a 10,000-row batch, against
+the served model's in-process predict measured in the same run where the server runs (its image, or this venv)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from common import (
     BENCH,
     ROOT,
-    VENV_BIN,
     BenchError,
+    Stack,
+    batch_rows_per_s,
+    detail,
     free_port,
-    group_cpu_seconds,
+    http,
     log,
     predicts,
     start,
-    status_ok,
     stop,
+    target,
     wait_for,
+    wrk,
 )
 
-CONNECTIONS = (1, 4, 16)
-BATCH_ROWS = (1_000, 10_000)
-LUA = BENCH / "wrk_post.lua"
+CONNECTIONS = (1, 4)
+BATCH_ROWS = 10_000
+CEILING_SHARE, P99_MS, P50_SLACK_MS, BATCH_SHARE = 0.8, 25.0, 2.0, 0.5
 
 
-@dataclass
-class Server:
-    """A server process the bench started (its own process group), and where it answers."""
-
-    name: str
-    proc: subprocess.Popen
-    url: str
-    workers: int = 1
-    results: dict[str, Any] = field(default_factory=dict)
-
-
-def wrk_version() -> str | None:
-    """wrk's version, or None when wrk is not installed (run.py then installs it)."""
-    if shutil.which("wrk") is None:
-        return None
-    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    return (out.stdout + out.stderr).splitlines()[0].split(" Copyright")[0].strip()
-
-
-def install_wrk() -> str | None:
-    """Debian's wrk, installed by the bench's setup when it is missing (as root, with apt-get)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None
-    log("serving: installing wrk (apt-get install -y wrk)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], capture_output=True, env=env, timeout=600)
-    return wrk_version()
-
-
-def base_env() -> dict[str, str]:
-    """The scripts find mlflow and uvicorn on PATH, as in the images."""
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "GIT_PYTHON_REFRESH": "quiet"}
-
-
-def start_tracking(tmp: Path) -> tuple[subprocess.Popen, str]:
-    """mlflow/tracking-server.sh on a free loopback port with a throwaway store (as tests/conftest.py does)."""
-    port = free_port()
-    env = {
-        **base_env(),
-        "MLFLOW_DATA_DIR": str(tmp / "mlruns"),
-        "MLFLOW_HOST": "127.0.0.1",
-        "MLFLOW_PORT": str(port),
-    }
-    (tmp / "mlruns").mkdir(parents=True, exist_ok=True)
-    proc = start([str(ROOT / "mlflow" / "tracking-server.sh")], tmp / "tracking.log", env)
-    url = f"http://127.0.0.1:{port}"
-    wait_for("the tracking server", lambda: proc.poll() is None and status_ok(f"{url}/health"), 120)
-    return proc, url
-
-
-def train(tracking_uri: str, tmp: Path) -> str:
-    """The DAG's `train` step with the stack's default settings (airflow/models/train_model.py): its run ID."""
-    code = "import sys, train_model; train_model.connect(sys.argv[1], 'bench'); print(train_model.train_and_log())"
-    cmd = [sys.executable, "-c", code, tracking_uri]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=base_env(), timeout=300, cwd=ROOT / "airflow/models")
-    if out.returncode != 0:
-        raise BenchError(f"training failed: {out.stderr.strip()[-800:]}")
-    return out.stdout.strip().splitlines()[-1]
-
-
-def start_server(name: str, cmd: list[str], env: dict[str, str], tmp: Path, port: int, workers: int) -> Server:
-    proc = start(cmd, tmp / f"{name.replace(' ', '_')}.log", env)
-    return Server(name, proc, f"http://127.0.0.1:{port}", workers)
-
-
-def wait_ready(servers: list[Server]) -> list[Server]:
-    """Servers start in parallel (each loads the model); wait until every one answers a prediction."""
-    for server in servers:
-        wait_for(f"{server.name} to predict", lambda s=server: s.proc.poll() is None and predicts(s.url), 180)
-    return servers
-
-
-def default_workers() -> int:
-    """model-server.sh's default: one worker per CPU core this process may use, at most 4."""
-    return min(len(os.sched_getaffinity(0)), 4)
-
-
-def model_server(
-    tmp: Path, tracking_uri: str, run_id: str, workers: int | None = None, access_log: bool = True
-) -> Server:
-    """mlflow/model-server.sh serving runs:/RUN_ID/model with its default worker count (or `workers`), or
-    (access_log=False) its uvicorn line plus --no-access-log: the one flag a tuning recommendation is measured for."""
-    default = workers is None
-    workers = default_workers() if workers is None else workers
-    port = free_port()
-    env = {
-        **base_env(),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "LATEST_MODEL_RUN_ID": run_id,
-        "MODEL_URI": f"runs:/{run_id}/model",
-        "MODEL_SERVER_HOST": "127.0.0.1",
-        "MODEL_SERVER_PORT": str(port),
-        "MODEL_SERVER_WORKERS": "" if default else str(workers),
-    }
-    cmd = [str(ROOT / "mlflow" / "model-server.sh")]
-    if not access_log:
-        cmd = [str(VENV_BIN / "uvicorn"), "serve:create_app", "--factory", "--app-dir", str(ROOT / "mlflow")]
-        cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log"]
-    name = "model-server" + ("" if access_log else " --no-access-log") + ("" if default else f" x{workers}")
-    return start_server(name, cmd, env, tmp, port, workers)
-
-
-def reference_server(tmp: Path, tracking_uri: str, run_id: str) -> Server:
-    """benchmarks/ref_server.py under the same uvicorn settings as model-server.sh (same worker count)."""
-    workers = default_workers()
-    port = free_port()
-    env = {**base_env(), "MLFLOW_TRACKING_URI": tracking_uri, "MODEL_URI": f"runs:/{run_id}/model"}
-    cmd = [str(VENV_BIN / "uvicorn"), "ref_server:create_app", "--factory", "--app-dir", str(BENCH)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    return start_server("reference (FastAPI)", cmd, env, tmp, port, workers)
-
-
-# --- load
-def wrk(url: str, connections: int, seconds: float, pgid: int | None = None, netns_pid: int | None = None) -> dict:
-    """One bounded wrk run of single-row POSTs; adds req/s, the client's CPU share and the server's CPU."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA), url]
-    if netns_pid is not None:  # the container's own loopback: no docker-proxy between client and server
-        cmd = ["nsenter", "-t", str(netns_pid), "-n", *cmd]
-    before_client = resource.getrusage(resource.RUSAGE_CHILDREN)
-    before_server = group_cpu_seconds(pgid) if pgid else 0.0
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    after_client = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-    if out.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed: {out.stderr.strip()[-400:] or out.stdout[-400:]}")
-    result = json.loads(line.removeprefix("WRKJSON "))
-    duration = result["duration_us"] / 1e6
-    result["rps"] = result["requests"] / duration
-    client_cpu = (after_client.ru_utime + after_client.ru_stime) - (before_client.ru_utime + before_client.ru_stime)
-    result["client_cpu_share"] = client_cpu / duration
-    if pgid:
-        result["server_cpu_ms_per_request"] = (
-            1000 * (group_cpu_seconds(pgid) - before_server) / max(1, result["requests"])
-        )
-    result["errors"] = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors"))
-    return result
-
-
-def load_matrix(servers: list[Server], runs: int, seconds: float) -> None:
-    """Every server at every connection count, `runs` times, interleaved so noise spreads evenly."""
-    for server in servers:
-        wrk(f"{server.url}/invocations", 4, 1.0)  # warm-up: executor threads, caches
-    for run in range(runs):
+def measure(url: str, pids: dict[str, list[int]], inprocess: dict, runs: int, seconds: int) -> dict[str, Any]:
+    """wrk at each connection count and the batch, `runs` times, interleaved so noise spreads evenly. `pids`: the
+    process trees whose CPU is counted per request (the server; in compose also docker-proxy)."""
+    wrk(url, 4, 1, pids)  # warm-up: connections, caches, the first request of each worker
+    load: dict[str, list[dict]] = {str(c): [] for c in CONNECTIONS}
+    batches = []
+    for _ in range(runs):
         for connections in CONNECTIONS:
-            for server in servers:
-                result = wrk(f"{server.url}/invocations", connections, seconds, server.proc.pid)
-                server.results.setdefault(f"c{connections}", []).append(result)
-        log(f"  serving: run {run + 1}/{runs} done")
+            load[str(connections)].append(wrk(url, connections, seconds, pids))
+        batches.append(batch_rows_per_s(url, BATCH_ROWS))
+    return {"inprocess": inprocess, "load": load, "batch_rows_s": batches}
 
 
-# Where a profiled sample's innermost frame lies (py-spy's "(file:line)", stdlib files without a directory),
-# for the breakdown of a request's CPU. The first bucket that matches wins.
-PROFILE_BUCKETS = (
-    ("scikit-learn/joblib per-tree wrapper (re-applies config and every warning filter for each tree)",
-     ("sklearn/utils/parallel.py", "sklearn/_config.py", "(warnings.py", "(contextlib.py", "(functools.py", "(re/",
-      "joblib/")),
-    ("scikit-learn predict (tree traversal, input checks)", ("sklearn/",)),
-    ("MLflow pyfunc (schema enforcement)", ("mlflow/",)),
-    ("JSON and numpy conversion", ("(json/", "numpy/")),
-    ("HTTP (uvicorn, asyncio) and serve.py", ("uvicorn/", "(asyncio/", "httptools", "uvloop", "serve.py")),
-)  # fmt: skip
+def rows(part: str, raw: dict[str, Any], cores: int) -> tuple[list[dict], list[dict], list[str]]:
+    """The four targets of one serving setup, the breakdown that explains them, and that explanation in words."""
+    ip = raw["inprocess"]
+    predict = statistics.median(ip["predict_ms"])
+    ceiling = cores * 1000 / predict
+    batch_ref = statistics.median(ip["batch_rows_s"])
+
+    def col(connections: int, key: str, scale: float = 1.0) -> list[float]:
+        return [r[key] * scale for r in raw["load"][str(connections)]]
+
+    def per(connections: int, key: str, group: str) -> list[float]:
+        return [r[key][group] for r in raw["load"][str(connections)]]
+
+    one = f"one in-process predict {predict:.2f} ms ({ip['trees']} trees)"
+    targets = [
+        target(part, "throughput at 4 connections", col(4, "rps"), "req/s", CEILING_SHARE * ceiling,
+               f"ceiling {cores} cores / {predict:.2f} ms = {ceiling:,.0f} req/s; goal {CEILING_SHARE}x", "higher"),
+        target(part, "p99 latency at 4 connections", col(4, "p99_us", 1e-3), "ms", P99_MS, one),
+        target(part, "p50 latency at 1 connection", col(1, "p50_us", 1e-3), "ms", predict + P50_SLACK_MS,
+               f"{one}; goal + {P50_SLACK_MS:g} ms"),
+        target(part, "10,000-row batch", raw["batch_rows_s"], "rows/s", BATCH_SHARE * batch_ref,
+               f"in-process {batch_ref:,.0f} rows/s; goal {BATCH_SHARE}x", "higher"),
+    ]  # fmt: skip
+    details = [
+        detail(part, "in-process predict, one row (wall)", ip["predict_ms"], "ms"),
+        detail(part, "in-process predict, one row (CPU)", ip["predict_cpu_ms"], "ms"),
+        detail(part, "in-process predict, 10,000 rows", ip["batch_rows_s"], "rows/s"),
+    ]
+    groups = list(raw["load"]["4"][0]["cpu_ms"])
+    for c in CONNECTIONS:
+        details += [
+            detail(part, f"{c} conn.: throughput", col(c, "rps"), "req/s"),
+            detail(part, f"{c} conn.: p50 latency", col(c, "p50_us", 1e-3), "ms"),
+            detail(part, f"{c} conn.: p99 latency", col(c, "p99_us", 1e-3), "ms"),
+            *(detail(part, f"{c} conn.: {group} CPU per request", per(c, "cpu_ms", group), "ms") for group in groups),
+            detail(part, f"{c} conn.: server, cores busy", per(c, "cores", "server"), "cores"),
+            detail(part, f"{c} conn.: server, its busiest process", per(c, "busiest_cores", "server"), "cores"),
+            detail(part, f"{c} conn.: wrk (the load client)", col(c, "client_cores"), "cores"),
+            detail(part, f"{c} conn.: whole machine, cores busy", col(c, "machine_cores"), "cores"),
+            detail(part, f"{c} conn.: failed requests", col(c, "errors"), "requests"),
+        ]
+    med = statistics.median
+    others = med(col(4, "machine_cores")) - sum(med(per(4, "cores", g)) for g in groups) - med(col(4, "client_cores"))
+    note = (
+        f"At 4 connections a request costs the server {med(per(4, 'cpu_ms', 'server')):.2f} ms of CPU "
+        f"(the predict alone {med(ip['predict_cpu_ms']):.2f} ms). The server kept {med(per(4, 'cores', 'server')):.2f} "
+        f"of {cores} cores busy, its busiest process {med(per(4, 'busiest_cores', 'server')):.2f}; wrk "
+        f"{med(col(4, 'client_cores')):.2f}; everything else on the machine {max(others, 0):.2f} cores."
+    )
+    return targets, details, [note]
 
 
-def profile(server: Server, seconds: float, tmp: Path) -> dict[str, Any]:
-    """py-spy samples of the server's processes (--subprocesses: every worker) while wrk runs at 4 connections:
-    the share of CPU samples per bucket of PROFILE_BUCKETS, by the file of the innermost frame."""
-    spy = VENV_BIN / "py-spy"
-    if not spy.exists():
-        return {"skipped": "py-spy is not installed (uv sync --group dev)"}
-    raw = tmp / f"profile-{server.name.replace(' ', '_')}.txt"
-    cmd = [str(spy), "record", "--pid", str(server.proc.pid), "--subprocesses", "--nonblocking", "--rate", "250"]
-    cmd += ["--duration", str(int(seconds)), "--format", "raw", "--output", str(raw)]
-    recorder = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    wrk(f"{server.url}/invocations", 4, seconds)
-    _, err = recorder.communicate(timeout=seconds + 60)
-    if recorder.returncode != 0 or not raw.exists():
-        return {"skipped": f"py-spy failed: {err.strip()[-300:]}"}
-    shares: dict[str, int] = {name: 0 for name, _ in PROFILE_BUCKETS}
-    shares["other"] = total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        leaf, n = stack.rsplit(";", 1)[-1], int(count)
-        total += n
-        name = next((b for b, parts in PROFILE_BUCKETS if any(p in leaf for p in parts)), "other")
-        shares[name] += n
-    return {"samples": total, "share": {k: round(v / total, 3) for k, v in shares.items()} if total else {}}
-
-
-def variant_points(servers: list[Server], connections: tuple[int, ...], runs: int, seconds: float) -> None:
-    for server in servers:
-        wrk(f"{server.url}/invocations", 4, 1.0)
-    for _ in range(runs):
-        for connections_ in connections:
-            for server in servers:
-                result = wrk(f"{server.url}/invocations", connections_, seconds, server.proc.pid)
-                server.results.setdefault(f"c{connections_}", []).append(result)
-
-
-def batch_body(rows: int) -> bytes:
-    """The same rows inprocess.py predicts (Iris repeated), as the JSON the client sends."""
-    from sklearn.datasets import load_iris  # the bench's venv has it; imported only here
-
-    x = load_iris().data.tolist()
-    return json.dumps({"inputs": [x[i % len(x)] for i in range(rows)]}).encode()
-
-
-def batch_rate(url: str, body: bytes, rows: int, repeats: int = 3) -> float:
-    """Rows per second for one request of `rows` rows (median of `repeats`, one keep-alive connection)."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    headers = {"Content-Type": "application/json"}
-    times = []
-    try:
-        for i in range(repeats + 1):
-            started = time.perf_counter()
-            conn.request("POST", "/invocations", body, headers)
-            response = conn.getresponse()
-            payload = response.read()
-            if response.status != 200:
-                raise BenchError(f"{url} answered {response.status} to {rows} rows: {payload[:200]!r}")
-            if i:  # the first one warms up
-                times.append(time.perf_counter() - started)
-    finally:
-        conn.close()
-    return rows / statistics.median(times)
-
-
-def batch_matrix(servers: list[Server], runs: int) -> dict[str, dict[str, list[float]]]:
-    """Rows per second of every server for every batch size, `runs` times, interleaved."""
-    batches: dict[str, dict[str, list[float]]] = {s.name: {} for s in servers}
-    bodies = {rows: batch_body(rows) for rows in BATCH_ROWS}
-    for _ in range(runs):
-        for rows, body in bodies.items():
-            for server in servers:
-                batches[server.name].setdefault(str(rows), []).append(batch_rate(server.url, body, rows))
-    return batches
-
-
-def inprocess(tracking_uri: str, run_id: str, runs: int, seconds: float, tmp: Path) -> dict[str, Any]:
-    """The ceiling, from benchmarks/inprocess.py in its own process."""
-    env = {**base_env(), "MLFLOW_TRACKING_URI": tracking_uri}
-    cmd = [sys.executable, str(BENCH / "inprocess.py"), f"runs:/{run_id}/model", str(runs), str(seconds)]
+def inprocess_local(model_uri: str, tracking_uri: str, runs: int, seconds: float) -> dict:
+    """The reference of local mode: inprocess.py in this venv, in a process of its own."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "GIT_PYTHON_REFRESH": "quiet"}
+    cmd = [sys.executable, str(BENCH / "inprocess.py"), model_uri, str(runs), str(seconds)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if out.returncode != 0:
         raise BenchError(f"in-process predict failed: {out.stderr.strip()[-800:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compose_point(model_url: str, netns_pid: int | None, runs: int, seconds: float) -> dict[str, list[dict]]:
-    """The compose model-server at 4 connections: through the published port (docker-proxy) and, where nsenter
-    works, from inside its network namespace (the container's own 127.0.0.1)."""
-    results: dict[str, list[dict]] = {"published_port": []}
-    wrk(f"{model_url}/invocations", 4, 1.0)
-    paths = [("published_port", model_url, None)]
-    if netns_pid and shutil.which("nsenter"):
-        results["container_loopback"] = []
-        paths.append(("container_loopback", "http://127.0.0.1:5001", netns_pid))
-    for _ in range(runs):
-        for key, url, pid in paths:
-            try:
-                results[key].append(wrk(f"{url}/invocations", 4, seconds, netns_pid=pid))
-            except BenchError as exc:
-                results.pop(key, None)
-                log(f"  compose serving via {key} skipped: {exc}")
-                paths = [p for p in paths if p[0] != key]
-    return results
+def docker_proxy_pids(port: int) -> list[int]:
+    """The userland proxy behind a published port: on the path of every request to the compose model-server."""
+    pids = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "docker-proxy" and str(port) in cmdline:
+            pids.append(proc.pid)
+    return pids
 
 
-def measure(runs: int, seconds: float, tmp: Path) -> dict[str, Any]:
-    """Everything of section 4 on local processes; every process started here is stopped before returning."""
+def compose(stack: Stack, runs: int, seconds: int, info: dict) -> dict[str, Any]:
+    """The compose model-server through its published 127.0.0.1 port; the reference inside the same image."""
+    cid = stack.container("model-server")
+    script = (BENCH / "inprocess.py").read_text()
+    log(f"serving-compose: in-process predict of {info['model_uri']} inside the model-server's container")
+    cmd = ["docker", "exec", "-i", cid, "python", "-", info["model_uri"], str(runs), str(max(1.0, seconds / 2))]
+    out = stack.run(*cmd, input=script)
+    inprocess = json.loads(out.stdout.strip().splitlines()[-1])
+    pids = {
+        "server": [stack.init_pid("model-server")],
+        "docker-proxy": docker_proxy_pids(stack.ports["MODEL_SERVER_PORT"]),
+    }
+    log(f"serving-compose: wrk at {CONNECTIONS} connections and {BATCH_ROWS:,} rows, {runs} x {seconds} s")
+    return measure(stack.model_url, pids, inprocess, runs, seconds)
+
+
+def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
+    """mlflow/tracking-server.sh and mlflow/model-server.sh as local processes on free loopback ports, one model
+    trained by airflow/models/train_model.py; every process is stopped before this returns (also on Ctrl-C)."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "GIT_PYTHON_REFRESH": "quiet"}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     procs: list[subprocess.Popen] = []
+
+    def alive_and(proc: subprocess.Popen, check: Any) -> Any:  # noqa: ANN401
+        if proc.poll() is not None:
+            raise BenchError(f"{proc.args[0]} exited with {proc.returncode}; see its log in {tmp}")
+        return check()
+
     try:
-        tracking, tracking_uri = start_tracking(tmp)
-        procs.append(tracking)
-        log("serving: tracking server up; training one model")
-        run_id = train(tracking_uri, tmp)
-        main = [model_server(tmp, tracking_uri, run_id), reference_server(tmp, tracking_uri, run_id)]
-        procs += [s.proc for s in main]
-        wait_ready(main)
-        log(f"serving: model-server and reference server predict; in-process ceiling ({runs} runs)")
-        ceiling = inprocess(tracking_uri, run_id, runs, min(seconds, 3.0), tmp)
-        log(f"serving: wrk at {CONNECTIONS} connections, {runs} x {seconds:g} s per point")
-        load_matrix(main, runs, seconds)
-        batches = batch_matrix(main, runs)
-        log("serving: py-spy profile of the model-server at 4 connections")
-        profiled = profile(main[0], max(seconds, 5.0), tmp)
-        for server in main:  # only the variants run from here on
-            stop(server.proc)
-        log("serving: variants (--no-access-log; 1 worker)")
-        quiet, one = (
-            model_server(tmp, tracking_uri, run_id, access_log=False),
-            model_server(tmp, tracking_uri, run_id, 1),
-        )
-        procs += [quiet.proc, one.proc]
-        wait_ready([quiet, one])
-        variant_points([quiet], (4,), runs, seconds)
-        variant_points([one], (1, 4), runs, seconds)
-        variants = [quiet, one]
+        port = free_port()
+        tracking_uri = f"http://127.0.0.1:{port}"
+        (tmp / "mlruns").mkdir(parents=True, exist_ok=True)
+        tracking_env = {
+            **env,
+            "MLFLOW_DATA_DIR": str(tmp / "mlruns"),
+            "MLFLOW_HOST": "127.0.0.1",
+            "MLFLOW_PORT": str(port),
+        }
+        procs.append(start([str(ROOT / "mlflow" / "tracking-server.sh")], tmp / "tracking.log", tracking_env))
+        check = lambda: http("GET", f"{tracking_uri}/health")[0] == 200  # noqa: E731
+        wait_for("the local tracking server", lambda: alive_and(procs[0], check), 180)
+        log("serving-local: tracking server up; training the default model (train_model.py)")
+        train = [sys.executable, str(ROOT / "airflow" / "models" / "train_model.py"), "--tracking-uri", tracking_uri]
+        out = subprocess.run(train, capture_output=True, text=True, env=env, timeout=600)
+        if out.returncode != 0:
+            raise BenchError(f"train_model.py failed: {out.stderr.strip()[-800:]}")
+        run_id = out.stdout.strip().splitlines()[-1]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server_env = {**env, "MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id}
+        server_env.update(MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(port), MODEL_SERVER_WORKERS="")
+        procs.append(start([str(ROOT / "mlflow" / "model-server.sh")], tmp / "model-server.log", server_env))
+        wait_for("the local model-server to predict", lambda: alive_and(procs[1], lambda: predicts(url)), 180)
+        log("serving-local: in-process predict in this venv")
+        inprocess = inprocess_local(f"runs:/{run_id}/model", tracking_uri, runs, max(1.0, seconds / 2))
+        log(f"serving-local: wrk at {CONNECTIONS} connections and {BATCH_ROWS:,} rows, {runs} x {seconds} s")
+        return measure(url, {"server": [procs[1].pid]}, inprocess, runs, seconds)
     finally:
         for proc in reversed(procs):
             stop(proc)
-    return {
-        "run_id": run_id,
-        "ceiling": ceiling,
-        "servers": {s.name: {"workers": s.workers, "load": s.results} for s in main + variants},
-        "batches": batches,
-        "profile": profiled,
-    }
