@@ -9,7 +9,6 @@ tags of a throwaway image made from python:3.11-slim-bookworm, which must surviv
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -18,19 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_env_file
+from conftest import ROOT, make_env_file, require_docker_engine
 
 SCRIPT = ROOT / "clean_disk.sh"
 BASE = "python:3.11-slim-bookworm"
 LABEL = "com.docker.compose.project"
-
-
-def engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -43,10 +34,7 @@ def exists(kind: str, name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def engine() -> None:
-    if not engine_answers():
-        if os.environ.get("REQUIRE_DOCKER") == "1":
-            pytest.fail("REQUIRE_DOCKER=1 but no Docker engine with Compose v2 answers (run tests/engine.sh up)")
-        pytest.skip("no Docker engine with Compose v2 answers; REQUIRE_DOCKER=1 makes this a failure")
+    require_docker_engine()
     if not exists("image", BASE):
         pytest.fail(f"{BASE} is not on the engine (tests/engine.sh up provides it)")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,16 @@ import pytest
 import requests
 
 import train_model
-from conftest import ROOT, SECRET_KEYS, free_port, keep_alive_ms, make_env_file, stack_env, wait_for
+from conftest import (
+    ROOT,
+    SECRET_KEYS,
+    free_port,
+    keep_alive_ms,
+    make_env_file,
+    require_docker_engine,
+    stack_env,
+    wait_for,
+)
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from demo import COMPOSE_CORE, Airflow  # noqa: E402
@@ -33,20 +41,7 @@ SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 RESULTS = ROOT / "tests" / "artifacts" / "compose-results.json"
 
 
-def engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-
-
-if not engine_answers():
-    if os.environ.get("REQUIRE_DOCKER") == "1":
-        pytest.fail("REQUIRE_DOCKER=1 but no Docker engine with Compose v2 answers (run tests/engine.sh up)")
-    pytest.skip(
-        "no Docker engine with Compose v2 answers; REQUIRE_DOCKER=1 makes this a failure", allow_module_level=True
-    )
+require_docker_engine()
 
 
 class Stack:
