@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {','.join(PARTS)}")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median needs 3)")
-    parser.add_argument("--seconds", type=int, default=3, help="length of one wrk run")
+    parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (for a stable p99)")
     parser.add_argument("--no-build", action="store_true", help="use the mlopsbench images as they are")
     parser.add_argument("--out", type=Path, default=BENCH, help="where results.md/.json and the plots go")
     args = parser.parse_args(argv)
