@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .PHONY: help env venv demo up down logs local-demo local-up local-down local-status local-restart-model \
-        test test-fast lint format bench clean
+        scale-env scale-demo scale-up scale-down test test-fast lint format bench clean
 
 help: ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -55,6 +55,23 @@ logs: ## compose: follow the logs
 clean: ## compose: remove this project's containers, volumes and images (asks first)
 	./clean_disk.sh
 
+# --- The scale-out variant: CeleryExecutor, PostgreSQL, Redis, SeaweedFS (docs/scale-out.md) --------------
+SCALE_COMPOSE := docker compose -f docker-compose.yml -f docker-compose.scale.yml
+SCALE_SERVICES := mlflow-server airflow-webserver airflow-scheduler airflow-dag-processor airflow-worker
+
+scale-env: ## scale: create .env, or add the scale variant's secrets to an existing one (other lines untouched)
+	@python3 scripts/make_env.py --add-missing
+
+scale-demo: scale-env $(SCRIPTS_VENV)/.synced ## scale: the demo on Celery workers, PostgreSQL and S3 artifacts
+	$(SCRIPTS_VENV)/bin/python scripts/demo.py compose --compose-file docker-compose.yml --compose-file docker-compose.scale.yml
+
+scale-up: scale-env ## scale: start the scale variant and wait until it is healthy
+	$(SCALE_COMPOSE) up -d --build --wait $(SCALE_SERVICES)
+	$(SCALE_COMPOSE) up -d --no-build model-server
+
+scale-down: ## scale: stop the scale variant, Flower included (volumes, i.e. both databases and the bucket, are kept)
+	$(SCALE_COMPOSE) --profile flower down
+
 # --- Local mode (no Docker) ------------------------------------------------------------------------
 local-demo: env venv ## local: the same flow as `make demo`, as local processes
 	$(PY) scripts/demo.py local
@@ -75,8 +92,9 @@ local-restart-model: ## local: restart the model-server (after ./update_run_id.s
 lint: venv ## ruff, shellcheck and hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/shellcheck update_run_id.sh clean_disk.sh airflow/*.sh mlflow/*.sh tests/*.sh .ci/run
-	$(VENV)/bin/hadolint airflow/Dockerfile mlflow/Dockerfile
+	$(VENV)/bin/shellcheck update_run_id.sh clean_disk.sh airflow/*.sh mlflow/*.sh postgres/*.sh tests/*.sh .ci/run \
+		tests/standins/*/*.sh tests/standins/redis/redis-server
+	$(VENV)/bin/hadolint airflow/Dockerfile mlflow/Dockerfile tests/standins/*/Dockerfile
 
 format: venv ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -25,6 +25,9 @@ docker info >/dev/null 2>&1 || { echo "clean_disk: no Docker engine answers (doc
 # .env is already gone): give placeholders to this process only.
 export FERNET_KEY="${FERNET_KEY:-unused}" AIRFLOW_JWT_SECRET="${AIRFLOW_JWT_SECRET:-unused}" \
   AIRFLOW_SECRET_KEY="${AIRFLOW_SECRET_KEY:-unused}" AIRFLOW_ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-unused}"
+export POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-unused}" AIRFLOW_DB_PASSWORD="${AIRFLOW_DB_PASSWORD:-unused}" \
+  MLFLOW_DB_PASSWORD="${MLFLOW_DB_PASSWORD:-unused}" REDIS_PASSWORD="${REDIS_PASSWORD:-unused}" \
+  S3_ACCESS_KEY_ID="${S3_ACCESS_KEY_ID:-unused}" S3_SECRET_ACCESS_KEY="${S3_SECRET_ACCESS_KEY:-unused}"
 
 project=$(docker compose config --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])') ||
   project=""
@@ -36,6 +39,17 @@ volumes=$(docker volume ls -q --filter "label=$label")
 networks=$(docker network ls -q --filter "label=$label" --format '{{.Name}}')
 images=$(docker compose config --images | sort -u | while read -r image; do
   docker image inspect "$image" >/dev/null 2>&1 && echo "$image"; done || true)
+# The scale variant (docker-compose.scale.yml) runs as this same project but builds its own image tags: those
+# (the images of its services with a build section; never the postgres, redis or seaweedfs images it pulls).
+scale_images=""
+if [ -f docker-compose.scale.yml ]; then
+  scale_images=$(docker compose -f docker-compose.yml -f docker-compose.scale.yml config --format json | python3 -c '
+import json, sys
+services = json.load(sys.stdin)["services"].values()
+print("\n".join(sorted({s["image"] for s in services if "build" in s and "image" in s})))' |
+    while read -r image; do docker image inspect "$image" >/dev/null 2>&1 && echo "$image"; done || true)
+  images=$(printf '%s\n%s\n' "$images" "$scale_images" | sed '/^$/d' | sort -u)
+fi
 
 list() { [ -n "$2" ] || return 0; printf '  %s:\n' "$1"; printf '%s\n' "$2" | sed 's/^/    /'; }
 if [ -z "$containers$volumes$networks$images" ]; then
@@ -62,6 +76,9 @@ if [ "$assume_yes" -ne 1 ]; then
 fi
 
 docker compose down --volumes --rmi all --remove-orphans --timeout 20
+if [ -n "$scale_images" ]; then
+  printf '%s\n' "$scale_images" | while read -r image; do docker image rm "$image" >/dev/null 2>&1 || true; done
+fi
 # What compose does not know but the project's label marks (a container without a service label, a volume or
 # network an older compose file declared): removed by that label, the way it was listed above.
 docker ps -aq --filter "label=$label" | xargs -r docker rm -f >/dev/null

@@ -4,6 +4,9 @@
 #
 # Usage: tracking-server.sh            (settings come from the environment, defaults below)
 #   MLFLOW_DATA_DIR       where the SQLite store and the artifacts live   (default /mlflow/mlruns)
+#   MLFLOW_BACKEND_STORE_URI      the tracking store  (default sqlite:///$MLFLOW_DATA_DIR/mlflow.db)
+#   MLFLOW_ARTIFACTS_DESTINATION  where the proxied artifacts go (default $MLFLOW_DATA_DIR/artifacts); the scale
+#                         variant sets both: PostgreSQL and s3://... (MLflow's own names for these two options)
 #   MLFLOW_HOST / _PORT   where to listen                                  (default 0.0.0.0:5000)
 #   MLFLOW_WORKERS        uvicorn workers; 1 is plenty for one team         (default 1)
 #   MLFLOW_ALLOWED_HOSTS  Host headers accepted (DNS-rebinding protection) (default: loopback + service name)
@@ -59,8 +62,8 @@ esac
 
 # MLflow's documented CLI. It starts uvicorn as a child and waits for it (that parent costs ~150 MB).
 exec mlflow server \
-  --backend-store-uri "sqlite:///$data/mlflow.db" \
-  --artifacts-destination "$data/artifacts" \
+  --backend-store-uri "${MLFLOW_BACKEND_STORE_URI:-sqlite:///$data/mlflow.db}" \
+  --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-$data/artifacts}" \
   --serve-artifacts \
   --host "${MLFLOW_HOST:-0.0.0.0}" \
   --port "${MLFLOW_PORT:-5000}" \

@@ -1,6 +1,6 @@
 """The original tutorial's whole flow in one command, on Docker Compose or in local mode.
 
-Usage: python scripts/demo.py compose|local [--seed-flow]
+Usage: python scripts/demo.py compose|local [--seed-flow] [--compose-file FILE ...]
 
 `make demo` runs it in a small venv of the lock's `scripts` group (python-dotenv, tenacity): nothing else on
 the host but Docker and python3.
@@ -8,7 +8,8 @@ the host but Docker and python3.
 Start the stack, trigger mlops_pipeline through Airflow's REST API and wait for it (printing the quality gate's
 decision), wait until the model-server serves the registry's champion (or, with --seed-flow or a pinned
 LATEST_MODEL_RUN_ID, run ./update_run_id.sh and recreate it), and print its answer to the original tutorial's payload.
-The stack keeps running.
+The stack keeps running. `--compose-file` picks the compose files (`make scale-demo`: docker-compose.yml, then
+docker-compose.scale.yml); without it, docker compose's default (docker-compose.yml).
 """
 
 from __future__ import annotations
@@ -134,8 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the newest run via ./update_run_id.sh and a model-server restart (the original walkthrough) "
         "instead of the registry's champion",
     )
+    parser.add_argument(
+        "--compose-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="compose mode: a compose file, repeatable, in order (docker compose -f); e.g. docker-compose.yml and "
+        "docker-compose.scale.yml for the scale-out variant",
+    )
     args = parser.parse_args(argv)
     env_file = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
+    compose = ["docker", "compose", *(arg for name in args.compose_file for arg in ("-f", name))]
     python = sys.executable
 
     cfg = settings(env_file)
@@ -147,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"== 1/4 start the stack ({args.mode})", flush=True)
     if args.mode == "compose":
-        run(["docker", "compose", "up", "-d", "--build", "--wait", *COMPOSE_CORE])
-        run(["docker", "compose", "up", "-d", "--no-build", "model-server"])
+        run([*compose, "up", "-d", "--build", "--wait", *services_to_wait_for(compose, args.compose_file)])
+        run([*compose, "up", "-d", "--no-build", "model-server"])
     else:
         try:
             run([python, "scripts/local.py", "up"])
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print("== 3/4 point the model-server at the new run (./update_run_id.sh) and recreate it", flush=True)
         run(["./update_run_id.sh", "--env-file", str(env_file)])
         if args.mode == "compose":
-            run(["docker", "compose", "up", "-d", "--no-build", "--wait", "model-server"])
+            run([*compose, "up", "-d", "--no-build", "--wait", "model-server"])
         else:
             run([python, "scripts/local.py", "restart", "model-server"])
         wait_http(f"{model_url}/ping", "model-server")
@@ -194,11 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"demo: the model-server answered HTTP {status}")
 
     user = cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin"
-    print(f"\nThe stack keeps running ({'make down' if args.mode == 'compose' else 'make local-down'} stops it):")
+    stop = "make local-down" if args.mode == "local" else "make down"
+    if args.mode == "compose" and args.compose_file:
+        stop = " ".join([*compose, "down"])
+    print(f"\nThe stack keeps running ({stop} stops it):")
     print(f"  Airflow UI    {airflow_url}   (login: {user}, password: AIRFLOW_ADMIN_PASSWORD in {env_file.name})")
     print(f"  MLflow UI     {mlflow_url}")
     print(f"  Model server  {model_url}/invocations   (what it serves: {model_url}/model)")
     return 0
+
+
+def services_to_wait_for(compose: list[str], compose_files: list[str]) -> list[str]:
+    """What `up --wait` starts: COMPOSE_CORE for the default file; with other files, every service they define
+    (the scale variant adds its engines and airflow-worker), except model-server (unhealthy until a model exists)."""
+    if not compose_files:
+        return COMPOSE_CORE
+    listed = subprocess.run([*compose, "config", "--services"], check=True, cwd=ROOT, capture_output=True, text=True)
+    return [name for name in listed.stdout.split() if name != "model-server"]
 
 
 def mlflow_login(cfg: dict[str, str]) -> dict[str, str]:

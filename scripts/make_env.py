@@ -1,6 +1,8 @@
 """Create .env from .env.example with fresh secrets; never overwrite an existing .env.
 
-Usage: python scripts/make_env.py [--env-file .env] [--example .env.example] [--set KEY=VALUE ...]
+Usage: python scripts/make_env.py [--env-file .env] [--example .env.example] [--set KEY=VALUE ...] [--add-missing]
+  --add-missing   when .env exists: append fresh values for the secrets it lacks (an .env made before the
+                  scale-out variant gains that variant's secrets; `make scale-env`); every existing line stays
 Needs only the standard library (cryptography is used for the Fernet key when it is installed).
 """
 
@@ -11,6 +13,7 @@ import base64
 import os
 import re
 import secrets
+import string
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +37,15 @@ def generated_secrets() -> dict[str, str]:
         "AIRFLOW_SECRET_KEY": secrets.token_urlsafe(48),
         "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
         "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18),
+        # The scale-out variant's (docker-compose.scale.yml). Hex: safe in URLs and never starting with "-", which
+        # a command line (redis-server --requirepass) could take for an option.
+        "POSTGRES_PASSWORD": secrets.token_hex(24),
+        "AIRFLOW_DB_PASSWORD": secrets.token_hex(24),
+        "MLFLOW_DB_PASSWORD": secrets.token_hex(24),
+        "REDIS_PASSWORD": secrets.token_hex(24),
+        # An S3 access key ID looks like AWS's (20 characters); it names the key, the secret is the secret.
+        "S3_ACCESS_KEY_ID": "AK" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(18)),
+        "S3_SECRET_ACCESS_KEY": secrets.token_hex(20),
     }
 
 
@@ -70,22 +82,56 @@ def write_new(path: Path, text: str) -> bool:
     return True
 
 
+def add_missing(path: Path, values: dict[str, str]) -> list[str]:
+    """Append the keys of `values` that `path` does not set, atomically and keeping the file's mode; every existing
+    line stays byte for byte. Returns the keys added."""
+    with open(path, newline="") as fh:  # as it is: CRLF stays CRLF
+        text = fh.read()
+    present = {m["key"] for line in text.splitlines() if (m := LINE.match(line.strip().removeprefix("export ")))}
+    missing = [key for key in values if key not in present]
+    if not missing:
+        return []
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "\n# Added by scripts/make_env.py --add-missing (see .env.example for what each key does).\n"
+    text += "".join(f"{key}={values[key]}\n" for key in missing)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".env.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env")
     parser.add_argument("--example", type=Path, default=ROOT / ".env.example")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value")
+    parser.add_argument("--add-missing", action="store_true", help="add the secrets an existing .env lacks")
     args = parser.parse_args(argv)
 
-    if args.env_file.exists():
-        print(f"{args.env_file} exists; left untouched.")
-        return 0
     values = generated_secrets()
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not LINE.match(item):
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
         values[key] = value
+    if args.env_file.exists():
+        added = add_missing(args.env_file, values) if args.add_missing else []
+        if added:
+            print(f"{args.env_file}: added fresh {', '.join(added)}; every other line left as it was.")
+            if "AIRFLOW_ADMIN_PASSWORD" in added:
+                print(f"Airflow admin password: {values['AIRFLOW_ADMIN_PASSWORD']}  (shown once)")
+        else:
+            print(f"{args.env_file} exists; left untouched.")
+        return 0
     try:
         example = args.example.read_text()
     except OSError as exc:

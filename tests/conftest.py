@@ -26,6 +26,12 @@ SECRET_KEYS = (
     "AIRFLOW_SECRET_KEY",
     "AIRFLOW_ADMIN_PASSWORD",
     "MLFLOW_TRACKING_PASSWORD",
+    # The scale-out variant's (docker-compose.scale.yml).
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "REDIS_PASSWORD",
+    "S3_SECRET_ACCESS_KEY",
 )
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "airflow" / "models"))

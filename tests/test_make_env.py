@@ -44,3 +44,32 @@ def test_example_holds_only_placeholders() -> None:
     example = read_env_file(ROOT / ".env.example")
     for key in SECRETS:
         assert example[key] == "changeme"
+
+
+def test_add_missing_appends_only_the_absent_secrets_and_keeps_every_line(tmp_path) -> None:  # noqa: ANN001
+    """`make scale-env`: an .env made before the scale-out variant gains its secrets; nothing else changes."""
+    path = tmp_path / ".env"
+    old = "# mine\r\nFERNET_KEY=kept\nAIRFLOW_ADMIN_PASSWORD=also-kept\nRF_N_ESTIMATORS=7"  # CRLF, no final newline
+    path.write_text(old, newline="")
+    path.chmod(0o640)
+    cmd = [sys.executable, str(ROOT / "scripts/make_env.py"), "--env-file", str(path), "--add-missing"]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    text = path.read_bytes().decode()
+    assert text.startswith(old + "\n")
+    values = read_env_file(path)
+    assert values["FERNET_KEY"] == "kept" and values["AIRFLOW_ADMIN_PASSWORD"] == "also-kept"
+    for key in (
+        "POSTGRES_PASSWORD",
+        "AIRFLOW_DB_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "REDIS_PASSWORD",
+        "S3_SECRET_ACCESS_KEY",
+    ):
+        assert len(values[key]) >= 32 and values[key] != "changeme", key
+        assert values[key] not in first.stdout, f"{key} printed"
+    assert len(values["S3_ACCESS_KEY_ID"]) == 20
+    assert path.stat().st_mode & 0o777 == 0o640
+    before = path.read_bytes()
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0 and "left untouched" in second.stdout and path.read_bytes() == before

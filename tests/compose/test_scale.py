@@ -1,0 +1,431 @@
+"""The scale-out variant (docker-compose.yml + docker-compose.scale.yml) on a real engine: CeleryExecutor with two
+workers and Redis, Airflow and MLflow on PostgreSQL, the artifacts in SeaweedFS's S3 API behind the tracking server.
+
+Runs under its own compose project name (`mlopsscale`), image names, .env and host ports, so neither a user's
+stack nor the default suite's (`mlopstest`) is touched. Tests run in file order and share one stack; each step
+needs the previous ones. What the default stack's suite (test_stack.py) already proves of the shared parts (the
+model-server, the UI, update_run_id.sh's edge cases, clean_disk.sh) is not repeated here: this file checks what the
+variant changes, with one DAG run per check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT, SECRET_KEYS, free_port, make_env_file, require_docker_engine, stack_env, wait_for
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from demo import Airflow  # noqa: E402
+from stackenv import read_env_file  # noqa: E402
+
+pytestmark = pytest.mark.compose
+PROJECT = "mlopsscale"
+DAG = "mlops_pipeline"
+SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+RESULTS = ROOT / "tests" / "artifacts" / "scale-results.json"
+ONE_SHOT = ["volume-init", "create-bucket", "airflow-init"]
+ENGINES = ["postgres", "redis", "seaweedfs"]
+AIRFLOW = ["airflow-webserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker"]
+LONG_RUNNING = [*ENGINES, "mlflow-server", *AIRFLOW, "model-server"]
+WORKERS = 2  # AIRFLOW_WORKER_REPLICAS' default
+
+
+require_docker_engine()
+
+
+class ScaleStack:
+    """One compose project of the scale variant, made for this test module."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
+        self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
+        self.cfg = read_env_file(self.env_file)
+        self.env = {
+            **stack_env(),
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_FILE": os.pathsep.join(
+                str(ROOT / name) for name in ("docker-compose.yml", "docker-compose.scale.yml")
+            ),
+            "COMPOSE_ENV_FILES": str(self.env_file),
+            "ENV_FILE": str(self.env_file),
+            # The scale file builds "<these>-scale".
+            "AIRFLOW_IMAGE": f"{PROJECT}-airflow:latest",
+            "MLFLOW_IMAGE": f"{PROJECT}-mlflow:latest",
+            "COMPOSE_BAKE": "false",
+        }
+        if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
+            self.env["DOCKER_BUILDKIT"] = "0"  # no buildx plugin: the classic builder still works
+        self.images = [f"{PROJECT}-airflow:latest-scale", f"{PROJECT}-mlflow:latest-scale"]
+        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
+        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
+        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+        self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+        self.dag_runs: list[str] = []  # successful DAG runs so far, in order
+        self.started = 0.0
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(args), cwd=ROOT, env=self.env, check=check, capture_output=True, text=True, timeout=timeout
+        )
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        try:
+            return self.run("docker", "compose", *args, check=check, timeout=timeout)
+        except subprocess.CalledProcessError as exc:
+            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}") from None
+
+    def sh(self, service: str, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`sh -c script` in the service's (first) container."""
+        return self.compose("exec", "-T", service, "sh", "-c", script, check=check)
+
+    def containers(self) -> list[dict]:
+        out = self.compose("ps", "-a", "--format", "json").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return rows[0] if len(rows) == 1 and isinstance(rows[0], list) else rows
+
+    def inspect(self, container: str) -> dict:
+        return json.loads(self.run("docker", "inspect", container).stdout)[0]
+
+    def names(self, service: str) -> list[str]:
+        return sorted(row["Name"] for row in self.containers() if row["Service"] == service)
+
+    def wait_healthy(self, services: list[str], timeout: float = 240) -> float:
+        """Until every container of these services is healthy (both workers count)."""
+        started = time.monotonic()
+
+        def healthy() -> bool:
+            rows = [row for row in self.containers() if row["Service"] in services]
+            return {row["Service"] for row in rows} == set(services) and all(r["Health"] == "healthy" for r in rows)
+
+        try:
+            wait_for(f"{services} to be healthy", healthy, timeout, interval=2)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.compose('logs', '--tail', '30').stdout}") from None
+        return time.monotonic() - started
+
+    def airflow(self) -> Airflow:
+        return Airflow(self.airflow_url, self.cfg["AIRFLOW_ADMIN_USERNAME"], self.cfg["AIRFLOW_ADMIN_PASSWORD"])
+
+    def run_dag(self) -> str:
+        airflow = self.airflow()
+        dag_run = airflow.trigger(DAG)
+        assert airflow.wait_for_run(DAG, dag_run, timeout=600, progress=False) == "success"
+        self.dag_runs.append(dag_run)
+        return dag_run
+
+    def task_instances(self, dag_run: str, airflow: Airflow | None = None) -> list[dict]:
+        path = f"/dags/{DAG}/dagRuns/{dag_run}/taskInstances"
+        return (airflow or self.airflow()).call("GET", path)["task_instances"]
+
+    def predict(self) -> requests.Response:
+        return requests.post(f"{self.model_url}/invocations", json=SEED_PAYLOAD, timeout=30)
+
+    def mlflow(self, method: str, path: str, **kwargs: object) -> dict:
+        answer = requests.request(method, f"{self.mlflow_url}/api/2.0/mlflow/{path}", timeout=10, **kwargs)
+        assert answer.ok, f"{method} {path}: HTTP {answer.status_code} {answer.text[:300]}"
+        return answer.json()
+
+    def finished_runs(self) -> list[dict]:
+        exp = self.mlflow("GET", "experiments/get-by-name", params={"experiment_name": "mlops_pipeline"})
+        body = {"experiment_ids": [exp["experiment"]["experiment_id"]], "filter": "attributes.status = 'FINISHED'"}
+        return self.mlflow("POST", "runs/search", json=body).get("runs", [])
+
+    def bucket_keys(self) -> list[str]:
+        """Every object key in the artifact bucket, listed over S3 from mlflow-server (which holds the keys)."""
+        script = (
+            "import boto3, json, os; s3 = boto3.client('s3', endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL']); "
+            "pages = s3.get_paginator('list_objects_v2').paginate(Bucket=os.environ['S3_BUCKET']); "
+            "print(json.dumps([o['Key'] for p in pages for o in p.get('Contents', [])]))"
+        )
+        out = self.compose(
+            "exec", "-T", "-e", f"S3_BUCKET={self.cfg['S3_BUCKET']}", "mlflow-server", "python", "-c", script
+        )
+        return json.loads(out.stdout)
+
+    def state(self) -> dict:
+        """What must survive a restart: MLflow's runs and registered versions, the champion, Airflow's DAG history."""
+        versions = self.mlflow("GET", "model-versions/search", params={"filter": "name='iris-classifier'"})
+        champion = self.mlflow(
+            "GET", "registered-models/alias", params={"name": "iris-classifier", "alias": "champion"}
+        )
+        airflow = self.airflow()
+        runs = airflow.call("GET", f"/dags/{DAG}/dagRuns")
+        history = {
+            run["dag_run_id"]: sorted(
+                (ti["task_id"], ti["state"], ti["hostname"]) for ti in self.task_instances(run["dag_run_id"], airflow)
+            )
+            for run in runs["dag_runs"]
+        }
+        return {
+            "mlflow_runs": sorted(run["info"]["run_id"] for run in self.finished_runs()),
+            "versions": sorted(v["version"] for v in versions["model_versions"]),
+            "champion": champion["model_version"]["version"],
+            "dag_runs": {run["dag_run_id"]: run["state"] for run in runs["dag_runs"]},
+            "task_history": history,
+        }
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    s = ScaleStack(tmp_path_factory.mktemp("scale"))
+    # Leftovers of an interrupted earlier run. SeaweedFS takes 20-30 s to stop on SIGTERM; this data is thrown away.
+    s.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+    yield s
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(s.results, indent=2) + "\n")
+    s.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+
+
+def test_1_up_builds_and_every_service_becomes_healthy(stack: ScaleStack) -> None:
+    started = time.monotonic()
+    stack.compose("build")
+    stack.results["build_s"] = round(time.monotonic() - started, 1)
+    stack.started = time.monotonic()  # the cold start: up on built images, fresh volumes
+    waited = [*ONE_SHOT, *ENGINES, "mlflow-server", *AIRFLOW]
+    stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", *waited)
+    stack.results["up_to_healthy_s"] = round(time.monotonic() - stack.started, 1)
+    stack.compose("up", "-d", "--no-build", "model-server")
+    rows = stack.containers()
+    for row in rows:
+        if row["Service"] in ONE_SHOT:
+            assert row["State"] == "exited" and row["ExitCode"] == 0, row
+        elif row["Service"] != "model-server":
+            assert row["Health"] == "healthy", row
+    assert len(stack.names("airflow-worker")) == WORKERS
+    stack.results["image_sizes_mb"] = {
+        image: round(int(stack.run("docker", "image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6)
+        for image in stack.images
+    }
+
+
+def test_1b_unprivileged_loopback_only_and_memory_ceilings(stack: ScaleStack) -> None:
+    """Every container but the default stack's root one-shot volume-init (test_stack.py checks that one)."""
+    limits = {}
+    for row in stack.containers():
+        if row["Service"] == "volume-init":
+            continue
+        info = stack.inspect(row["Name"])
+        user = info["Config"]["User"]
+        assert user and user.split(":")[0] not in ("0", "root"), f"{row['Name']} runs as {user!r}"
+        host = info["HostConfig"]
+        assert not host["Privileged"] and not host.get("CapAdd"), row["Name"]
+        assert "no-new-privileges:true" in (host.get("SecurityOpt") or []), row["Name"]
+        for container_port, bindings in (host.get("PortBindings") or {}).items():
+            assert container_port in ("8080/tcp", "5000/tcp", "5001/tcp"), f"{row['Name']} publishes {container_port}"
+            assert all(b["HostIp"] == "127.0.0.1" for b in bindings), f"{row['Name']}: {bindings}"
+        assert host["Memory"] > 0, f"{row['Name']} has no memory ceiling"
+        if row["Service"] in LONG_RUNNING:
+            limits[row["Name"].removeprefix(f"{PROJECT}-")] = host["Memory"] // 2**20
+    for service in ENGINES:  # the official images' own users, also for the processes inside
+        assert stack.sh(service, "id -u").stdout.strip() != "0", service
+    stack.results["memory_limits_mib"] = limits
+    stack.results["memory_limits_total_gib"] = round(sum(limits.values()) / 1024, 2)
+
+
+def test_1c_postgres_holds_two_databases_each_for_its_own_role(stack: ScaleStack) -> None:
+    psql = "psql -U postgres -tAc"
+    version = stack.sh("postgres", f"{psql} 'show server_version'").stdout.strip()
+    assert version.startswith("15."), version
+    owners = stack.sh(
+        "postgres", "psql -U postgres -tAc \"select datname || '=' || pg_get_userbyid(datdba) from pg_database\""
+    )
+    assert {"airflow=airflow", "mlflow=mlflow"} <= set(owners.stdout.split()), owners.stdout
+    # From another container (inside the postgres container loopback is trusted, as in the official image):
+    # MLflow's role opens its own database with its password (PGPASSWORD), not Airflow's; a wrong one is refused.
+    probe = textwrap.dedent(
+        """
+        import psycopg2
+        for db, password in (("mlflow", None), ("airflow", None), ("mlflow", "wrong")):
+            try:  # password None: libpq takes PGPASSWORD, the service's own
+                psycopg2.connect(host="postgres", user="mlflow", dbname=db, password=password).close()
+                print(db, "ok")
+            except psycopg2.OperationalError as e:
+                print(db, "refused:", str(e).strip().splitlines()[0])
+        """
+    )
+    out = stack.compose("exec", "-T", "mlflow-server", "python", "-c", probe).stdout.splitlines()
+    assert out[0] == "mlflow ok", out
+    assert out[1].startswith("airflow refused:") and "permission denied" in out[1], out
+    assert out[2].startswith("mlflow refused:") and "password authentication failed" in out[2], out
+    stack.results["postgres_version"] = version
+
+
+def test_1d_redis_and_the_bucket_refuse_strangers(stack: ScaleStack) -> None:
+    info = stack.sh("redis", "redis-cli info server").stdout
+    version = next(line.split(":")[1].strip() for line in info.splitlines() if line.startswith("redis_version:"))
+    assert version.startswith("7.0."), version
+    anonymous = stack.sh("redis", "env -u REDISCLI_AUTH redis-cli ping").stdout
+    assert "NOAUTH" in anonymous, anonymous
+    stack.results["redis_version"] = version
+    # SeaweedFS's S3 API: an unsigned request and a wrong secret are refused (seen from mlflow-server).
+    probe = textwrap.dedent(
+        """
+        import os, sys, urllib.error, urllib.request
+        import boto3
+        try:
+            urllib.request.urlopen("http://seaweedfs:8333/" + sys.argv[1], timeout=5)
+            print("anonymous: allowed")
+        except urllib.error.HTTPError as e:
+            print("anonymous:", e.code)
+        s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"],
+                          aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"], aws_secret_access_key="wrong")
+        try:
+            s3.list_objects_v2(Bucket=sys.argv[1])
+            print("wrong secret: allowed")
+        except Exception as e:
+            print("wrong secret:", type(e).__name__, e)
+        """
+    )
+    out = stack.compose("exec", "-T", "mlflow-server", "python", "-c", probe, stack.cfg["S3_BUCKET"]).stdout
+    assert "anonymous: 403" in out and "SignatureDoesNotMatch" in out, out
+
+
+def test_1e_workers_and_the_model_server_have_no_s3_keys_and_no_route_to_the_store(stack: ScaleStack) -> None:
+    """Proxied artifacts: only mlflow-server (and the one-shot create-bucket) can reach SeaweedFS or know its keys."""
+    secret = stack.cfg["S3_SECRET_ACCESS_KEY"]
+    for service in [*AIRFLOW, "model-server"]:
+        for name in stack.names(service):
+            env = stack.inspect(name)["Config"]["Env"]
+            assert not [e for e in env if e.startswith("AWS_") or secret in e], name
+        assert stack.sh(service, "getent hosts seaweedfs", check=False).returncode != 0, f"{service} reaches seaweedfs"
+    assert stack.sh("mlflow-server", "getent hosts seaweedfs").returncode == 0
+
+
+def test_2_the_seed_flow_end_to_end(stack: ScaleStack) -> None:
+    """Trigger, success, the model-server follows the champion (the cold start ends at that first prediction);
+    then the original tutorial's steps: update_run_id.sh, recreate the model-server, the seed's curl."""
+    airflow = stack.airflow()
+    airflow.wait_for_dag(DAG)
+    started = time.monotonic()
+    stack.run_dag()
+    stack.results["trigger_to_success_s"] = round(time.monotonic() - started, 1)
+
+    def champion_answers() -> requests.Response | None:
+        answer = stack.predict()
+        return answer if answer.status_code == 200 and answer.headers.get("X-Model-Version") == "1" else None
+
+    answer = wait_for("the model-server to serve the champion", champion_answers, 120, interval=0.5)
+    stack.results["cold_start_up_to_first_prediction_s"] = round(time.monotonic() - stack.started, 1)
+    assert answer.json() == {"predictions": [0]}
+
+    result = stack.run(str(ROOT / "update_run_id.sh"), check=False)
+    assert result.returncode == 0, result.stderr
+    run_id = stack.finished_runs()[0]["info"]["run_id"]
+    assert read_env_file(stack.env_file)["LATEST_MODEL_RUN_ID"] == run_id
+    stack.compose("up", "-d", "--no-build", "--wait", "model-server")
+    answer = stack.predict()
+    assert answer.json() == {"predictions": [0]}
+    assert answer.headers["X-Model-Uri"] == f"runs:/{run_id}/model"
+
+
+def test_3_tasks_of_several_runs_ran_on_two_workers(stack: ScaleStack) -> None:
+    started = time.monotonic()
+    stack.run_dag()
+    stack.results["trigger_to_success_warm_s"] = round(time.monotonic() - started, 1)
+    worker_hosts = {stack.inspect(name)["Config"]["Hostname"] for name in stack.names("airflow-worker")}
+    airflow = stack.airflow()
+    ran_on = {ti["hostname"] for run in stack.dag_runs for ti in stack.task_instances(run, airflow)}
+    assert ran_on <= worker_hosts, f"tasks ran on {ran_on}, the workers are {worker_hosts}"
+    assert len(ran_on) == WORKERS, f"the tasks of {len(stack.dag_runs)} runs all ran on {ran_on}"
+    stack.results["task_hosts"] = sorted(ran_on)
+
+
+def test_4_the_model_is_objects_in_the_bucket_not_files_on_a_volume(stack: ScaleStack) -> None:
+    run = stack.finished_runs()[0]
+    model_id = run["outputs"]["model_outputs"][0]["model_id"]
+    exp = stack.mlflow("GET", "experiments/get", params={"experiment_id": run["info"]["experiment_id"]})
+    assert exp["experiment"]["artifact_location"].startswith("mlflow-artifacts:"), exp
+    keys = stack.bucket_keys()
+    model_files = {key.rsplit("/", 1)[1] for key in keys if f"/models/{model_id}/artifacts/" in key}
+    assert {"MLmodel", "model.skops"} <= model_files, keys
+    plots = {key.rsplit("/", 1)[1] for key in keys if f"/{run['info']['run_id']}/artifacts/" in key}
+    assert {"confusion_matrix.png", "feature_importance.png"} <= plots, keys
+    # The tracking server's volume has no file at all (it would hold only MLflow's login store, which is off).
+    assert stack.sh("mlflow-server", "find /mlflow/mlruns -type f").stdout.strip() == ""
+    stack.results["bucket_objects"] = len(keys)
+
+
+def test_5_postgres_and_seaweedfs_restart_and_the_stack_answers_again_by_itself(
+    stack: ScaleStack, tmp_path: Path
+) -> None:
+    before = stack.state()
+    assert len(before["dag_runs"]) == len(stack.dag_runs) and set(before["dag_runs"].values()) == {"success"}
+    started = time.monotonic()
+    stack.compose("restart", "postgres", "seaweedfs")
+    stack.results["postgres_seaweedfs_restart_s"] = round(time.monotonic() - started, 1)
+    stack.wait_healthy(LONG_RUNNING)  # nobody is restarted by hand: what fell over comes back by itself
+    stack.results["restart_to_all_healthy_s"] = round(time.monotonic() - started, 1)
+    assert stack.state() == before
+
+    # The champion still loads from the bucket, through the tracking server, as a client on the host loads it.
+    load = (
+        "import mlflow; model = mlflow.pyfunc.load_model('models:/iris-classifier@champion'); "
+        "import numpy; print(model.predict(numpy.array([[5.1, 3.5, 1.4, 0.2]])).tolist())"
+    )
+    client_env = {
+        **stack.env,
+        "MLFLOW_TRACKING_URI": stack.mlflow_url,
+        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+    }
+    loaded = subprocess.run(
+        [sys.executable, "-c", load], env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[0]", loaded.stderr[-2000:]
+    assert stack.predict().json() == {"predictions": [0]}
+
+
+def test_6_a_worker_killed_mid_task_its_task_is_retried_on_the_other_and_the_run_succeeds(stack: ScaleStack) -> None:
+    """The container of the worker running `train` is SIGKILLed (docker kill: it stays down, as a lost machine
+    would). The scheduler notices the missing heartbeats, the retry goes to the other worker, the run succeeds."""
+    airflow = stack.airflow()
+    dag_run = airflow.trigger(DAG)
+    train = f"/dags/{DAG}/dagRuns/{dag_run}/taskInstances/train"
+
+    def running_on() -> str | None:
+        ti = airflow.call("GET", train)
+        return ti["hostname"] if ti["state"] == "running" and ti["hostname"] else None
+
+    victim = wait_for("train to run on a worker", running_on, 180, interval=0.2)
+    container = next(n for n in stack.names("airflow-worker") if stack.inspect(n)["Config"]["Hostname"] == victim)
+    stack.run("docker", "kill", "--signal", "KILL", container)
+    killed = time.monotonic()
+    try:
+        assert airflow.wait_for_run(DAG, dag_run, timeout=600, progress=False) == "success"
+        stack.results["worker_kill_to_run_success_s"] = round(time.monotonic() - killed, 1)
+        stack.dag_runs.append(dag_run)
+        tries = airflow.call("GET", f"{train}/tries")["task_instances"]
+        assert [t["hostname"] for t in tries][0] == victim and tries[0]["state"] == "failed", tries
+        assert tries[-1]["state"] == "success" and tries[-1]["hostname"] not in ("", victim), tries
+        assert stack.inspect(container)["State"]["Status"] == "exited"  # the retry did not wait for it
+    finally:
+        stack.run("docker", "start", container)
+    stack.wait_healthy(["airflow-worker"])
+
+
+def test_7_memory_after_the_runs_and_no_secret_in_logs_or_images(stack: ScaleStack) -> None:
+    stats = stack.run("docker", "stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}\t{{.MemPerc}}").stdout
+    usage = {}
+    for name, mem, percent in (line.split("\t") for line in stats.splitlines()):
+        if name.startswith(f"{PROJECT}-"):
+            usage[name.removeprefix(f"{PROJECT}-")] = mem.split(" / ")[0]
+            assert float(percent.rstrip("%")) < 80, f"{name} uses {percent} of its memory limit"
+    stack.results["memory_after_dag_runs"] = usage
+    secrets = [value for key, value in stack.cfg.items() if key in SECRET_KEYS]
+    logs = stack.compose("logs", "--no-color").stdout
+    for key in SECRET_KEYS:
+        assert stack.cfg[key] not in logs, f"{key} appears in the logs"
+    for image in stack.images:
+        history = (
+            stack.run("docker", "history", "--no-trunc", image).stdout + stack.run("docker", "inspect", image).stdout
+        )
+        assert not [s for s in secrets if s in history], image
