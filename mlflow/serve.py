@@ -54,6 +54,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 log = logging.getLogger("model-server")
@@ -61,12 +62,35 @@ CHAMPION = "champion"
 FIRST_LOAD_WAIT_SECONDS = 20  # a worker starts answering (503 until loaded) if the first load takes longer
 
 
+class SpreadingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus: a worker that takes a burst of new connections leaves some to the other
+    workers. gunicorn's workers accept from one shared socket and uvloop accepts every pending connection at once,
+    so connections opened together (a client's pool, a load test) land on whichever worker woke first and stay
+    there while kept alive: 4 connections fell 3/1 or 4/0 on 2 workers in a quarter to a third of the tries here,
+    which cost up to half the throughput and added half to the p99 (docs/registry-and-serving.md). So after the
+    2nd, 3rd and 4th accept of a burst (accepts less than 1 ms apart) a worker pauses 3, 6, 9 ms, time for an idle
+    worker to wake and take the next connection; connections that arrive one at a time cost nothing, a burst at
+    most 18 ms. (libuv once had a switch for this, UV_TCP_SINGLE_ACCEPT; gevent's servers have max_accept.)"""
+
+    burst = 0  # per process: a worker is one process with one event loop
+    last_accept = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        cls = SpreadingHttpProtocol
+        cls.burst = cls.burst + 1 if time.monotonic() - cls.last_accept < 0.001 else 0
+        if 0 < cls.burst <= 3:
+            time.sleep(0.003 * cls.burst)  # blocks this worker's loop, on purpose: the others accept meanwhile
+        cls.last_accept = time.monotonic()
+
+
 class Worker(UvicornWorker):
     """gunicorn's worker: uvicorn on uvloop and httptools, never asyncio's fallbacks (whose multi-worker sockets
-    lack TCP_NODELAY: every kept-alive answer would wait ~40 ms for a delayed ACK). gunicorn imports this module
-    and builds the app once (--preload), then forks the workers: what is imported above is shared by them."""
+    lack TCP_NODELAY: every kept-alive answer would wait ~40 ms for a delayed ACK), with connections spread over
+    the workers (SpreadingHttpProtocol). gunicorn imports this module and builds the app once (--preload), then
+    forks the workers: what is imported above is shared by them."""
 
-    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools"}
+    CONFIG_KWARGS = {"loop": "uvloop", "http": SpreadingHttpProtocol}
 
 
 def is_utf8_json(content_type: str) -> bool:

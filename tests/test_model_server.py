@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -255,3 +257,61 @@ def test_real_server_serves_a_pinned_run_on_every_worker_at_full_speed(
         assert kept < fresh_ms + 10, f"kept-alive {kept:.1f} ms per request vs fresh connections {fresh_ms:.1f} ms"
     workers = min(len(os.sched_getaffinity(0)), 4)
     assert f"model-server: {workers} uvicorn worker(s)" in log.read_text()
+
+
+@pytest.mark.slow
+def test_connections_opened_together_spread_over_the_workers(
+    tracking_server: str, trained_run: str, tmp_path: Path
+) -> None:
+    """Four kept-alive connections opened at once, as wrk or a client's pool opens them, end up two per worker on a
+    2-worker server. Without serve.SpreadingHttpProtocol the first worker to wake often takes three or all four
+    (gunicorn's workers share one socket and uvloop accepts all that is pending): their requests then queue
+    behind each other while the other worker idles."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_server,
+        "MODEL_SERVER_HOST": "127.0.0.1",
+        "MODEL_SERVER_PORT": str(port),
+        "LATEST_MODEL_RUN_ID": trained_run,
+        "MODEL_SERVER_WORKERS": "2",
+    }
+    body = json.dumps(SEED).encode()
+    request = (
+        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    def held(workers: list[psutil.Process]) -> list[int]:
+        """Established connections to the port, per worker, fewest first."""
+        return sorted(
+            sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port for c in w.net_connections("tcp"))
+            for w in workers
+        )
+
+    log = tmp_path / "spread.log"
+    with service(MODEL_SERVER, log, env, f"http://127.0.0.1:{port}/ping", timeout=90) as proc:
+        workers = psutil.Process(proc.pid).children()  # model-server.sh execs gunicorn: proc is its parent
+        assert len(workers) == 2, workers
+        # /ping answered by one worker; the other accepts only once it has loaded the model too
+        wait_for("both workers to start", lambda: log.read_text().count("Application startup complete") == 2, 60)
+        splits = []
+        for _ in range(12):
+            wait_for("the workers to drop the last round's connections", lambda: held(workers) == [0, 0], 10, 0.05)
+            conns = [socket.socket() for _ in range(4)]
+            for conn in conns:  # every SYN before any answer, as wrk connects
+                conn.setblocking(False)
+                conn.connect_ex(("127.0.0.1", port))
+            for conn in conns:
+                conn.settimeout(10)
+                conn.sendall(request)
+            for conn in conns:
+                answer = b""
+                while b'{"predictions": [0]}' not in answer:
+                    chunk = conn.recv(65536)
+                    assert chunk, f"connection closed after {answer!r}"
+                    answer += chunk
+            splits.append(held(workers))
+            for conn in conns:
+                conn.close()
+        assert splits == [[2, 2]] * len(splits), f"connections per worker, per round: {splits}"
