@@ -4,7 +4,9 @@ free ports, .env files."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -86,6 +88,47 @@ def make_env_file(path: Path, **values: str) -> Path:
         capture_output=True,
     )
     return path
+
+
+class ComposeProject:
+    """A compose project of the compose suites: its own project name, images, .env (fresh secrets, `make env`'s
+    way) and free host ports, so a user's stack is never touched. Suites subclass it with their own checks."""
+
+    def __init__(self, workdir: Path, project: str, compose_files: tuple[str, ...] = ("docker-compose.yml",)) -> None:
+        self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
+        self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
+        self.env = stack_env(
+            COMPOSE_PROJECT_NAME=project,
+            COMPOSE_FILE=os.pathsep.join(str(ROOT / name) for name in compose_files),
+            COMPOSE_ENV_FILES=str(self.env_file),
+            ENV_FILE=str(self.env_file),
+            AIRFLOW_IMAGE=f"{project}-airflow:latest",  # the scale file builds "<these>-scale"
+            MLFLOW_IMAGE=f"{project}-mlflow:latest",
+            COMPOSE_BAKE="false",
+        )
+        if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
+            self.env["DOCKER_BUILDKIT"] = "0"  # no buildx plugin: the classic builder still works
+        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
+        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
+        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+        self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(args), cwd=ROOT, env=self.env, check=check, capture_output=True, text=True, timeout=timeout
+        )
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        try:
+            return self.run("docker", "compose", *args, check=check, timeout=timeout)
+        except subprocess.CalledProcessError as exc:
+            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}") from None
+
+    def containers(self) -> list[dict]:
+        """`docker compose ps -a` as rows (compose prints one JSON line per container, older versions one list)."""
+        out = self.compose("ps", "-a", "--format", "json").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return rows[0] if len(rows) == 1 and isinstance(rows[0], list) else rows
 
 
 @contextmanager

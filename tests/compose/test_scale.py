@@ -11,8 +11,6 @@ variant changes, with one DAG run per check.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, SECRET_KEYS, free_port, make_env_file, require_docker_engine, stack_env, wait_for
+from conftest import ROOT, SECRET_KEYS, ComposeProject, require_docker_engine, wait_for
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from demo import Airflow  # noqa: E402
@@ -43,55 +41,19 @@ WORKERS = 2  # AIRFLOW_WORKER_REPLICAS' default
 require_docker_engine()
 
 
-class ScaleStack:
+class ScaleStack(ComposeProject):
     """One compose project of the scale variant, made for this test module."""
 
     def __init__(self, workdir: Path) -> None:
-        self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
-        self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
+        super().__init__(workdir, PROJECT, ("docker-compose.yml", "docker-compose.scale.yml"))
         self.cfg = read_env_file(self.env_file)
-        self.env = {
-            **stack_env(),
-            "COMPOSE_PROJECT_NAME": PROJECT,
-            "COMPOSE_FILE": os.pathsep.join(
-                str(ROOT / name) for name in ("docker-compose.yml", "docker-compose.scale.yml")
-            ),
-            "COMPOSE_ENV_FILES": str(self.env_file),
-            "ENV_FILE": str(self.env_file),
-            # The scale file builds "<these>-scale".
-            "AIRFLOW_IMAGE": f"{PROJECT}-airflow:latest",
-            "MLFLOW_IMAGE": f"{PROJECT}-mlflow:latest",
-            "COMPOSE_BAKE": "false",
-        }
-        if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
-            self.env["DOCKER_BUILDKIT"] = "0"  # no buildx plugin: the classic builder still works
         self.images = [f"{PROJECT}-airflow:latest-scale", f"{PROJECT}-mlflow:latest-scale"]
-        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
-        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
-        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
-        self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
         self.dag_runs: list[str] = []  # successful DAG runs so far, in order
         self.started = 0.0
-
-    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            list(args), cwd=ROOT, env=self.env, check=check, capture_output=True, text=True, timeout=timeout
-        )
-
-    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        try:
-            return self.run("docker", "compose", *args, check=check, timeout=timeout)
-        except subprocess.CalledProcessError as exc:
-            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}") from None
 
     def sh(self, service: str, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`sh -c script` in the service's (first) container."""
         return self.compose("exec", "-T", service, "sh", "-c", script, check=check)
-
-    def containers(self) -> list[dict]:
-        out = self.compose("ps", "-a", "--format", "json").stdout
-        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return rows[0] if len(rows) == 1 and isinstance(rows[0], list) else rows
 
     def inspect(self, container: str) -> dict:
         return json.loads(self.run("docker", "inspect", container).stdout)[0]

@@ -8,9 +8,6 @@ Tests run in file order and share one stack; each step needs the previous ones.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 import uuid
@@ -23,11 +20,9 @@ import train_model
 from conftest import (
     ROOT,
     SECRET_KEYS,
-    free_port,
+    ComposeProject,
     keep_alive_ms,
-    make_env_file,
     require_docker_engine,
-    stack_env,
     wait_for,
 )
 
@@ -44,46 +39,15 @@ RESULTS = ROOT / "tests" / "artifacts" / "compose-results.json"
 require_docker_engine()
 
 
-class Stack:
-    """One compose project made for this test module."""
+class Stack(ComposeProject):
+    """The default stack's compose project, made for this test module."""
 
     def __init__(self, workdir: Path) -> None:
-        self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
-        self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
-        self.env = {
-            **stack_env(),
-            "COMPOSE_PROJECT_NAME": PROJECT,
-            "COMPOSE_ENV_FILES": str(self.env_file),
-            "ENV_FILE": str(self.env_file),
-            "AIRFLOW_IMAGE": f"{PROJECT}-airflow:latest",
-            "MLFLOW_IMAGE": f"{PROJECT}-mlflow:latest",
-            "COMPOSE_BAKE": "false",
-        }
-        if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
-            self.env["DOCKER_BUILDKIT"] = "0"  # no buildx plugin: the classic builder still works
-        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
-        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
-        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
-        self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+        super().__init__(workdir, PROJECT)
         self.expected_runs = 1  # finished MLflow runs = successful DAG runs so far
 
-    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            list(args), cwd=ROOT, env=self.env, check=check, capture_output=True, text=True, timeout=timeout
-        )
-
-    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        try:
-            return self.run("docker", "compose", *args, check=check, timeout=timeout)
-        except subprocess.CalledProcessError as exc:
-            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}") from None
-
     def services(self) -> dict[str, dict]:
-        out = self.compose("ps", "-a", "--format", "json").stdout
-        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        if len(rows) == 1 and isinstance(rows[0], list):
-            rows = rows[0]
-        return {row["Service"]: row for row in rows}
+        return {row["Service"]: row for row in self.containers()}
 
     def inspect(self, service: str) -> dict:
         cid = self.compose("ps", "-a", "-q", service).stdout.strip()
