@@ -66,8 +66,8 @@ class SpreadingHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a worker that takes a burst of new connections leaves some to the other
     workers. gunicorn's workers accept from one shared socket and uvloop accepts every pending connection at once,
     so connections opened together (a client's pool, a load test) land on whichever worker woke first and stay
-    there while kept alive: 4 connections fell 3/1 or 4/0 on 2 workers in a quarter to a third of the tries here,
-    which cost up to half the throughput and added half to the p99 (docs/registry-and-serving.md). So after the
+    there while kept alive: 4 connections fell 3/1 or 4/0 on 2 workers in 24 of 77 tries here, which cost up to
+    half the throughput and added a third to a half to the p99 (docs/registry-and-serving.md). So after the
     2nd, 3rd and 4th accept of a burst (accepts less than 1 ms apart) a worker pauses 3, 6, 9 ms, time for an idle
     worker to wake and take the next connection; connections that arrive one at a time cost nothing, a burst at
     most 18 ms. (libuv once had a switch for this, UV_TCP_SINGLE_ACCEPT; gevent's servers have max_accept.)"""
