@@ -124,6 +124,17 @@ class ComposeProject:
         except subprocess.CalledProcessError as exc:
             raise AssertionError(f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}") from None
 
+    @contextmanager
+    def lifetime(self, results: Path, stop_timeout: int) -> Iterator[None]:
+        """A module's use of the project: no leftovers of an interrupted earlier run before; the results file and
+        `down --volumes` after (`stop_timeout`: seconds a container gets to stop on SIGTERM)."""
+        down = ("down", "--volumes", "--remove-orphans", "--timeout", str(stop_timeout))
+        self.compose(*down, check=False)
+        yield
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(self.results, indent=2) + "\n")
+        self.compose(*down, check=False)
+
     def containers(self) -> list[dict]:
         """`docker compose ps -a` as rows (compose prints one JSON line per container, older versions one list)."""
         out = self.compose("ps", "-a", "--format", "json").stdout
@@ -182,22 +193,42 @@ def trained_run(tracking_server: str) -> str:
     return train_model.run(tracking_server, train_model.DEFAULT_EXPERIMENT, train_model.TrainConfig())
 
 
+def pinned_server_env(tracking_uri: str, run_id: str, port: int, workers: str) -> dict[str, str]:
+    """The environment of mlflow/model-server.sh serving one fixed run on 127.0.0.1:port (the original's flow);
+    MODEL_SERVER_* settings of this process are left out, so only the given ones apply."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODEL_SERVER_")},
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MODEL_SERVER_HOST": "127.0.0.1",
+        "MODEL_SERVER_PORT": str(port),
+        "LATEST_MODEL_RUN_ID": run_id,
+        "MODEL_SERVER_WORKERS": workers,
+    }
+
+
+SEED_BODY = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
+SEED_REQUEST = (  # raw HTTP/1.1, as wrk sends it
+    f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    f"Content-Length: {len(SEED_BODY)}\r\n\r\n"
+).encode() + SEED_BODY
+
+
+def read_seed_answer(sock: socket.socket) -> None:
+    """Read from a kept-alive connection until the seed request's answer is complete."""
+    answer = b""
+    while b'{"predictions": [0]}' not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {answer!r}"
+        answer += chunk
+
+
 def keep_alive_ms(port: int, requests_: int = 40) -> float:
-    """Median milliseconds per seed request on ONE kept-alive connection (raw HTTP/1.1, as wrk sends it)."""
-    body = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
-    request = (
-        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    """Median milliseconds per seed request on ONE kept-alive connection."""
     times = []
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         for _ in range(requests_):
             start = time.perf_counter()
-            sock.sendall(request)
-            answer = b""
-            while b'{"predictions": [0]}' not in answer:
-                chunk = sock.recv(65536)
-                assert chunk, f"connection closed after {answer!r}"
-                answer += chunk
+            sock.sendall(SEED_REQUEST)
+            read_seed_answer(sock)
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2] * 1000

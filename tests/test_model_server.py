@@ -29,7 +29,16 @@ from starlette.testclient import TestClient
 
 import serve
 import train_model
-from conftest import ROOT, free_port, keep_alive_ms, service, wait_for
+from conftest import (
+    ROOT,
+    SEED_REQUEST,
+    free_port,
+    keep_alive_ms,
+    pinned_server_env,
+    read_seed_answer,
+    service,
+    wait_for,
+)
 
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 MODEL_SERVER = ROOT / "mlflow" / "model-server.sh"
@@ -234,14 +243,7 @@ def test_real_server_serves_a_pinned_run_on_every_worker_at_full_speed(
     connection, and a kept-alive connection answers as fast as fresh ones (no ~40 ms delayed-ACK stall)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_server,
-        "MODEL_SERVER_HOST": "127.0.0.1",
-        "MODEL_SERVER_PORT": str(port),
-        "LATEST_MODEL_RUN_ID": trained_run,
-        "MODEL_SERVER_WORKERS": "",
-    }
+    env = pinned_server_env(tracking_server, trained_run, port, workers="")
     log = tmp_path / "fixed.log"
     with service(MODEL_SERVER, log, env, f"{url}/ping", timeout=90):
         fresh = []
@@ -268,19 +270,7 @@ def test_connections_opened_together_spread_over_the_workers(
     (gunicorn's workers share one socket and uvloop accepts all that is pending): their requests then queue
     behind each other while the other worker idles."""
     port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_server,
-        "MODEL_SERVER_HOST": "127.0.0.1",
-        "MODEL_SERVER_PORT": str(port),
-        "LATEST_MODEL_RUN_ID": trained_run,
-        "MODEL_SERVER_WORKERS": "2",
-    }
-    body = json.dumps(SEED).encode()
-    request = (
-        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    env = pinned_server_env(tracking_server, trained_run, port, workers="2")
 
     def held(workers: list[psutil.Process]) -> list[int]:
         """Established connections to the port, per worker, fewest first."""
@@ -304,13 +294,9 @@ def test_connections_opened_together_spread_over_the_workers(
                 conn.connect_ex(("127.0.0.1", port))
             for conn in conns:
                 conn.settimeout(10)
-                conn.sendall(request)
+                conn.sendall(SEED_REQUEST)
             for conn in conns:
-                answer = b""
-                while b'{"predictions": [0]}' not in answer:
-                    chunk = conn.recv(65536)
-                    assert chunk, f"connection closed after {answer!r}"
-                    answer += chunk
+                read_seed_answer(conn)
             splits.append(held(workers))
             for conn in conns:
                 conn.close()

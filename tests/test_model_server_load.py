@@ -33,7 +33,7 @@ import aiohttp
 import psutil
 import pytest
 
-from conftest import ROOT, free_port, service
+from conftest import ROOT, free_port, pinned_server_env, service
 
 SEED = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
 EXPECTED = {"predictions": [0]}
@@ -77,14 +77,7 @@ def model_server(
     """mlflow/model-server.sh with a fixed run, its defaults, and one uvicorn worker: the 80% is of this one
     process's maximum, so how the kernel spreads 4 keep-alive connections over workers cannot skew it."""
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MODEL_SERVER_")},
-        "MLFLOW_TRACKING_URI": tracking_server,
-        "MODEL_SERVER_HOST": "127.0.0.1",
-        "MODEL_SERVER_PORT": str(port),
-        "LATEST_MODEL_RUN_ID": trained_run,
-        "MODEL_SERVER_WORKERS": "1",
-    }
+    env = pinned_server_env(tracking_server, trained_run, port, workers="1")
     log = tmp_path_factory.mktemp("load-model-server") / "server.log"
     url = f"http://127.0.0.1:{port}"
     with service(ROOT / "mlflow" / "model-server.sh", log, env, f"{url}/ping", timeout=120) as proc:

@@ -140,12 +140,8 @@ class ScaleStack(ComposeProject):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     s = ScaleStack(tmp_path_factory.mktemp("scale"))
-    # Leftovers of an interrupted earlier run. SeaweedFS takes 20-30 s to stop on SIGTERM; this data is thrown away.
-    s.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
-    yield s
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(s.results, indent=2) + "\n")
-    s.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+    with s.lifetime(RESULTS, stop_timeout=5):  # SeaweedFS takes 20-30 s to stop on SIGTERM; the data is thrown away
+        yield s
 
 
 def test_1_up_builds_and_every_service_becomes_healthy(stack: ScaleStack) -> None:

@@ -85,11 +85,8 @@ class Stack(ComposeProject):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     s = Stack(tmp_path_factory.mktemp("compose"))
-    s.compose("down", "--volumes", "--remove-orphans", check=False)  # leftovers of an interrupted earlier run
-    yield s
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(s.results, indent=2) + "\n")
-    s.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+    with s.lifetime(RESULTS, stop_timeout=20):
+        yield s
 
 
 def test_1_up_builds_and_every_service_becomes_healthy(stack: Stack) -> None:
