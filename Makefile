@@ -101,10 +101,10 @@ format: venv ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 test: venv lint ## lint, then every test (the compose suite needs a Docker engine; REQUIRE_DOCKER=1 makes that strict)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -p no:randomly $(PYTEST_ARGS)
 
 test-fast: venv ## the edit loop (< 3 min): unit and in-process tests, one tracking server; no Docker, browser or local stack
-	$(VENV)/bin/pytest -m "not (compose or local or browser or slow)" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -p no:randomly -m "not (compose or local or browser or slow)" $(PYTEST_ARGS)
 
 bench: venv ## benchmarks (not part of test, ~15 min): results in benchmarks/results.md; BENCH_ARGS="--help"
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
