@@ -32,7 +32,7 @@ else
   echo "model-server: LATEST_MODEL_RUN_ID is empty: following models:/${REGISTERED_MODEL_NAME:-iris-classifier}@champion on $MLFLOW_TRACKING_URI" >&2
 fi
 # A worker scores one request at a time (predict holds the GIL), so throughput comes from processes: one per core.
-# At most 4 by default, so the default memory ceiling (1g, ~200 MB per worker) holds on bigger machines.
+# At most 4 by default, so the default memory ceiling (mem_limit in docker-compose.yml) holds on bigger machines.
 workers="${MODEL_SERVER_WORKERS:-}"
 if [ -z "$workers" ]; then
   workers="$(nproc)"
@@ -42,7 +42,7 @@ elif ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 echo "model-server: $workers uvicorn worker(s)" >&2
-# gunicorn imports the app (MLflow, scikit-learn: ~150 MB) once, then forks the workers (--preload), so they
+# gunicorn imports the app (MLflow, scikit-learn, ONNX Runtime) once, then forks the workers (--preload), so they
 # share those pages; each worker is uvicorn on uvloop and httptools (serve.Worker). --timeout: a worker whose
 # event loop is stuck that long is replaced.
 exec gunicorn 'serve:create_app()' --preload --worker-class serve.Worker \

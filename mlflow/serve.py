@@ -15,6 +15,8 @@
    (``convert_data_type`` with that tensor spec, then pyfunc ``predict``), which skips a second JSON decoding
    and a deep copy of every row. Whatever the short path does not cover, or fails on, goes the full way, so
    answers and error messages stay MLflow's (tests/test_model_server.py checks both byte for byte).
+6. A scikit-learn tree ensemble on the short path predicts with a compiled copy in ONNX Runtime, served only
+   after it gave scikit-learn's answers on a wide check (predictors.py); ``GET /model`` names the runtime.
 
 Before any model exists it answers 503 (so the healthcheck stays unhealthy) and says in its log what to do.
 
@@ -23,6 +25,8 @@ Usage (see model-server.sh): gunicorn --preload -k serve.Worker 'serve:create_ap
   REGISTERED_MODEL_NAME        the registered model to follow (default iris-classifier)
   MODEL_POLL_SECONDS           how often to check the alias (default 5)
   MODEL_SERVER_MAX_BODY_BYTES  request size limit (default 10 MiB)
+  MODEL_SERVER_COMPILED        true (default): a scikit-learn tree ensemble predicts in ONNX Runtime once a check
+                               showed the same answers (predictors.py); false: always scikit-learn
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from functools import cached_property
 from http import HTTPStatus
 from typing import Any
@@ -54,43 +58,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
+
+from predictors import RUNTIME, SKLEARN, Compiled, compile_model
 
 log = logging.getLogger("model-server")
 CHAMPION = "champion"
 FIRST_LOAD_WAIT_SECONDS = 20  # a worker starts answering (503 until loaded) if the first load takes longer
 
 
-class SpreadingHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus: a worker that takes a burst of new connections leaves some to the other
-    workers. gunicorn's workers accept from one shared socket and uvloop accepts every pending connection at once,
-    so connections opened together (a client's pool, a load test) land on whichever worker woke first and stay
-    there while kept alive: 4 connections fell 3/1 or 4/0 on 2 workers in 24 of 77 tries here, which cost up to
-    half the throughput and added a third to a half to the p99 (docs/registry-and-serving.md). So after the
-    2nd, 3rd and 4th accept of a burst (accepts less than 1 ms apart) a worker pauses 3, 6, 9 ms, time for an idle
-    worker to wake and take the next connection; connections that arrive one at a time cost nothing, a burst at
-    most 18 ms. (libuv once had a switch for this, UV_TCP_SINGLE_ACCEPT; gevent's servers have max_accept.)"""
-
-    burst = 0  # per process: a worker is one process with one event loop
-    last_accept = 0.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        cls = SpreadingHttpProtocol
-        cls.burst = cls.burst + 1 if time.monotonic() - cls.last_accept < 0.001 else 0
-        if 0 < cls.burst <= 3:
-            time.sleep(0.003 * cls.burst)  # blocks this worker's loop, on purpose: the others accept meanwhile
-        cls.last_accept = time.monotonic()
-
-
 class Worker(UvicornWorker):
     """gunicorn's worker: uvicorn on uvloop and httptools, never asyncio's fallbacks (whose multi-worker sockets
-    lack TCP_NODELAY: every kept-alive answer would wait ~40 ms for a delayed ACK), with connections spread over
-    the workers (SpreadingHttpProtocol). gunicorn imports this module and builds the app once (--preload), then
-    forks the workers: what is imported above is shared by them."""
+    lack TCP_NODELAY: every kept-alive answer would wait for a delayed ACK). gunicorn imports this module and builds
+    the app once (--preload), then forks the workers: what is imported above is shared by them."""
 
-    CONFIG_KWARGS = {"loop": "uvloop", "http": SpreadingHttpProtocol}
+    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools"}
 
 
 def is_utf8_json(content_type: str) -> bool:
@@ -99,6 +81,15 @@ def is_utf8_json(content_type: str) -> bool:
     return mime == "application/json" and all(
         key == "charset" and value.lower() == "utf-8" for key, _, value in (p.partition("=") for p in parameters)
     )
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A true/false setting; anything else stops the server with the setting's name (a typo must not silently pick
+    a runtime)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "true", "false"):
+        return default if not value else value == "true"
+    raise SystemExit(f"model-server: {name}={os.environ[name]!r} must be true or false")
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
@@ -113,10 +104,11 @@ class Loaded:
     uri: str
     version: str = ""
     run_id: str = ""
-    loaded_at: float = field(default_factory=time.time)
+    compiled: Compiled | None = None  # the short path's predict when set (predictors.py), else scikit-learn's
 
     def info(self) -> dict[str, str]:
-        return {"model_uri": self.uri, "model_version": self.version, "run_id": self.run_id}
+        runtime = RUNTIME if self.compiled else SKLEARN
+        return {"model_uri": self.uri, "model_version": self.version, "run_id": self.run_id, "runtime": runtime}
 
     @cached_property
     def headers(self) -> dict[str, str]:
@@ -164,12 +156,24 @@ class Loaded:
         if type(rows) is not list or not rows or any(type(row) is dict for row in rows):
             return None
         try:
-            predictions = self.model.predict(convert_data_type(rows, self.tensor_spec))
+            x = convert_data_type(rows, self.tensor_spec)
+            if self.compiled is not None and fits(self.tensor_spec, x) and self.compiled.accepts(x):
+                predictions = self.compiled.predict(x)
+            else:
+                predictions = self.model.predict(x)
         except Exception:  # noqa: BLE001 - MLflow's path decides what the error is and how it is worded
             return None
         if not isinstance(predictions, np.ndarray):
             return None  # MLflow's encoder handles the other output types
         return json.dumps({"predictions": predictions.tolist()}).encode()
+
+
+def fits(spec: Any, x: np.ndarray) -> bool:
+    """x passes MLflow's schema enforcement of the tensor spec unchanged (what pyfunc predict would check first)."""
+    shape = spec.shape
+    return (
+        x.dtype == spec.type and x.ndim == len(shape) and all(s in (-1, n) for s, n in zip(shape, x.shape, strict=True))
+    )
 
 
 def decode_json(body: bytes) -> object:
@@ -183,11 +187,14 @@ def decode_json(body: bytes) -> object:
         ) from None
 
 
-def load(uri: str, version: str = "", run_id: str = "") -> Loaded:
-    """Load a model completely (nothing is swapped yet), the way MLflow's scoring server loads it."""
+def load(uri: str, version: str = "", run_id: str = "", compiled: bool = True) -> Loaded:
+    """Load a model completely (nothing is swapped yet), the way MLflow's scoring server loads it, and, for a
+    scikit-learn tree ensemble served by the short path, its checked compiled copy (unless `compiled` is off)."""
     model = scoring_server.load_model_with_mlflow_config(uri)
     loaded = Loaded(model, uri, version, run_id or (model.metadata.run_id or ""))
-    _ = loaded.tensor_spec  # decide the short path before the first request
+    if compiled and loaded.tensor_spec is not None:
+        loaded = replace(loaded, compiled=compile_model(model.get_raw_model(), model.input_example))
+    log.info("model-server: %s predicts with %s", uri, loaded.info()["runtime"])
     return loaded
 
 
@@ -195,10 +202,11 @@ class ModelWatcher:
     """Holds the model being served and replaces it when the champion moves (a background thread, so the event
     loop never waits for a load)."""
 
-    def __init__(self, fixed_uri: str, model_name: str, poll_seconds: float) -> None:
+    def __init__(self, fixed_uri: str, model_name: str, poll_seconds: float, compiled: bool = True) -> None:
         self.fixed_uri = fixed_uri
         self.model_name = model_name
         self.poll_seconds = poll_seconds
+        self.compiled = compiled
         self.current: Loaded | None = None
         self.stopped = threading.Event()
         self.last_hint = 0.0
@@ -222,7 +230,7 @@ class ModelWatcher:
 
     def refresh(self) -> None:
         if self.fixed_uri:
-            self.swap(load(self.fixed_uri))
+            self.swap(load(self.fixed_uri, compiled=self.compiled))
             return
         try:
             target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
@@ -232,7 +240,8 @@ class ModelWatcher:
         if self.current and self.current.version == target.version:
             return
         log.info("model-server: loading %s version %s (run %s)", self.model_name, target.version, target.run_id)
-        self.swap(load(f"models:/{self.model_name}/{target.version}", target.version, target.run_id or ""))
+        uri = f"models:/{self.model_name}/{target.version}"
+        self.swap(load(uri, target.version, target.run_id or "", compiled=self.compiled))
 
     def swap(self, new: Loaded) -> None:
         old, self.current = self.current, new  # one reference assignment: a request sees old or new, never neither
@@ -271,6 +280,7 @@ def create_app(
     model_name: str | None = None,
     poll_seconds: float | None = None,
     max_body: int | None = None,
+    compiled: bool | None = None,
 ) -> Starlette:
     """The app; arguments left out come from the environment (see the module docstring)."""
     env = os.environ.get
@@ -278,6 +288,7 @@ def create_app(
         fixed_uri=env("MODEL_URI", "") if fixed_uri is None else fixed_uri,
         model_name=model_name or env("REGISTERED_MODEL_NAME") or "iris-classifier",
         poll_seconds=poll_seconds or float(env("MODEL_POLL_SECONDS") or 5),
+        compiled=env_flag("MODEL_SERVER_COMPILED", default=True) if compiled is None else compiled,
     )
     max_body = max_body or int(env("MODEL_SERVER_MAX_BODY_BYTES") or 10 * 1024 * 1024)
 
@@ -343,6 +354,5 @@ def create_app(
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-    app.state.watcher = watcher
     gc.freeze()  # what exists now is never collected: the forked workers do not copy those pages for the GC
     return app

@@ -401,12 +401,23 @@ malformed_requests = st.one_of(  # wrong shapes (3x) and deep nesting (2x) drawn
 
 # --- the test
 @pytest.fixture(scope="module")
-def client(tracking_server: str, trained_run: str) -> Iterator[TestClient]:
-    """The model-server app (mlflow/serve.py) in process, serving the trained run, with a 1 MiB body limit."""
+def clients(tracking_server: str, trained_run: str) -> Iterator[tuple[TestClient, TestClient]]:
+    """The model-server app (mlflow/serve.py) in process, serving the trained run with a 1 MiB body limit: with
+    the compiled runtime (ONNX Runtime) and with scikit-learn's predict (MODEL_SERVER_COMPILED=false)."""
     mlflow.set_tracking_uri(tracking_server)
-    app = serve.create_app(fixed_uri=f"runs:/{trained_run}/model", max_body=LIMIT)
-    with TestClient(app, raise_server_exceptions=False) as test_client:  # a 500 must be seen as one
-        yield test_client
+    apps = [serve.create_app(fixed_uri=f"runs:/{trained_run}/model", max_body=LIMIT, compiled=c) for c in (True, False)]
+    with (
+        TestClient(apps[0], raise_server_exceptions=False) as compiled,  # a 500 must be seen as one
+        TestClient(apps[1], raise_server_exceptions=False) as sklearn,
+    ):
+        assert compiled.get("/model").json()["runtime"] == "onnxruntime"
+        assert sklearn.get("/model").json()["runtime"] == "scikit-learn"
+        yield compiled, sklearn
+
+
+@pytest.fixture(scope="module")
+def client(clients: tuple[TestClient, TestClient]) -> TestClient:
+    return clients[0]
 
 
 def send(client: TestClient, case: Case) -> httpx.Response:
@@ -417,7 +428,17 @@ def send(client: TestClient, case: Case) -> httpx.Response:
     return client.post("/invocations", content=content, headers=headers)
 
 
-def test_malformed_requests_get_a_json_4xx(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+def same_answer(clients: tuple[TestClient, TestClient], case: Case) -> httpx.Response:
+    """The compiled runtime's answer, after checking it is the scikit-learn path's, status and bytes."""
+    compiled, sklearn = (send(c, case) for c in clients)
+    assert (compiled.status_code, compiled.content) == (sklearn.status_code, sklearn.content), case
+    return compiled
+
+
+def test_malformed_requests_get_a_json_4xx(
+    clients: tuple[TestClient, TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = clients[0]
     sent: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
 
@@ -440,7 +461,7 @@ def test_malformed_requests_get_a_json_4xx(client: TestClient, caplog: pytest.Lo
     @example(case=Case("oversized", b"[" * (LIMIT + 1), JSON, expect=413))
     @example(case=Case("oversized", b"[" * (LIMIT + 1), JSON, expect=413, chunked=True))
     def check(case: Case) -> None:
-        response = send(client, case)
+        response = same_answer(clients, case)
         sent[case.kind] += 1
         statuses[response.status_code] += 1
         assert response.status_code == case.expect, (response.status_code, response.text[:500])
@@ -460,3 +481,21 @@ def test_malformed_requests_get_a_json_4xx(client: TestClient, caplog: pytest.Lo
     assert answer.status_code == 200 and answer.json() == {"predictions": [0]}
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage()[:300] for r in errors]
+
+
+def test_both_runtimes_answer_every_valid_request_alike(clients: tuple[TestClient, TestClient]) -> None:
+    """Rows MLflow accepts (numbers far outside the training range, numeric strings, null/NaN, bools, integers):
+    the compiled runtime gives the scikit-learn path's answer, byte for byte. Non-finite cells go to
+    scikit-learn by design (Compiled.accepts), so both answers come from it there."""
+    statuses: Counter[int] = Counter()
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(rows=st.lists(valid_rows | st.lists(st.floats(-20, 20), min_size=4, max_size=4), min_size=1, max_size=30))
+    @example(rows=[[5.1, 3.5, 1.4, 0.2]])
+    @example(rows=[[None, 3.5, 1.4, 0.2], ["6.7", 3, True, 2.3]])
+    def check(rows: list) -> None:
+        response = same_answer(clients, json_case("valid", {"inputs": rows}))
+        statuses[response.status_code] += 1
+
+    check()
+    assert statuses[200] >= 300, statuses  # valid by construction: answered, not refused

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -19,23 +18,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-import psutil
 import pytest
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from starlette.testclient import TestClient
+from test_predictors import shifted_roots
 
+import predictors
 import serve
 import train_model
 from conftest import (
     ROOT,
-    SEED_REQUEST,
     free_port,
     keep_alive_ms,
     pinned_server_env,
-    read_seed_answer,
     service,
     wait_for,
 )
@@ -54,9 +52,11 @@ def tracking(tracking_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @contextmanager
-def app_client(name: str = "", fixed_uri: str = "", max_body: int = 0) -> Iterator[TestClient]:
+def app_client(name: str = "", fixed_uri: str = "", max_body: int = 0, compiled: bool = True) -> Iterator[TestClient]:
     """The app with its lifespan (the first load attempt happens before the first request, as under uvicorn)."""
-    app = serve.create_app(fixed_uri=fixed_uri, model_name=name, poll_seconds=0.2, max_body=max_body or None)
+    app = serve.create_app(
+        fixed_uri=fixed_uri, model_name=name, poll_seconds=0.2, max_body=max_body or None, compiled=compiled
+    )
     with TestClient(app) as client:
         yield client
 
@@ -99,6 +99,7 @@ def test_serves_the_champion_with_mlflow_protocol(tracking: str) -> None:
             "model_uri": f"models:/{name}/{version}",
             "model_version": version,
             "run_id": answer.headers["X-Model-Run-Id"],
+            "runtime": "onnxruntime",
         }
         for path in ("/ping", "/health"):
             ping = client.get(path)
@@ -208,11 +209,23 @@ MLFLOW_PATH_CASES = [
 ]
 
 
-def test_short_path_answers_byte_for_byte_as_mlflow(tracking: str, trained_run: str) -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["onnxruntime", "scikit-learn"])
+def test_short_path_answers_byte_for_byte_as_mlflow(
+    tracking: str, trained_run: str, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The short path for {"inputs": ...} must be invisible: same status, same bytes as MLflow's own
-    scoring_server.invocations, and requests it does not cover must reach MLflow's parser."""
-    loaded = serve.load(f"runs:/{trained_run}/model")
+    scoring_server.invocations, and requests it does not cover must reach MLflow's parser. With either runtime."""
+    calls = []
+    compiled_predict = predictors.Compiled.predict
+    monkeypatch.setattr(
+        predictors.Compiled, "predict", lambda self, x: calls.append(len(x)) or compiled_predict(self, x)
+    )
+    loaded = serve.load(f"runs:/{trained_run}/model", compiled=compiled)
+    calls.clear()  # the check's own call
     assert loaded.tensor_spec is not None, "the trained model's signature should be one tensor"
+    assert (loaded.compiled is not None) is compiled and loaded.info()["runtime"] == (
+        "onnxruntime" if compiled else "scikit-learn"
+    )
 
     def mlflow_answer(body: bytes) -> tuple[int, bytes]:
         try:
@@ -226,6 +239,34 @@ def test_short_path_answers_byte_for_byte_as_mlflow(tracking: str, trained_run: 
         assert (loaded.short_path(json.loads(body)) is not None) is short, case
         ours = loaded.score(body, "application/json")
         assert (ours.status_code, ours.body) == mlflow_answer(body), case
+    # every short-path case compiled, twice (short_path, then score)
+    assert len(calls) == (2 * len(SHORT_PATH_CASES) if compiled else 0), calls
+
+
+def test_a_compiled_copy_that_differs_is_not_served(
+    tracking: str, trained_run: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A converter that got one threshold per tree wrong (simulated): the check sees it, scikit-learn serves."""
+    caplog.set_level(logging.INFO, logger="model-server")
+    monkeypatch.setattr(predictors, "convert", shifted_roots)
+    with app_client(fixed_uri=f"runs:/{trained_run}/model") as client:
+        assert client.get("/model").json()["runtime"] == "scikit-learn"
+        assert client.post("/invocations", json=SEED).json() == {"predictions": [0]}
+    assert "copy of RandomForestClassifier differs from scikit-learn on" in caplog.text
+    assert "serving RandomForestClassifier with scikit-learn" in caplog.text
+
+
+def test_the_compiled_path_is_switched_by_the_environment(
+    tracking: str, trained_run: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"runs:/{trained_run}/model"
+    for value, runtime in (("false", "scikit-learn"), ("true", "onnxruntime"), ("", "onnxruntime")):
+        monkeypatch.setenv("MODEL_SERVER_COMPILED", value)
+        with TestClient(serve.create_app(fixed_uri=uri)) as client:
+            assert client.get("/model").json()["runtime"] == runtime, value
+    monkeypatch.setenv("MODEL_SERVER_COMPILED", "yes")
+    with pytest.raises(SystemExit, match="MODEL_SERVER_COMPILED='yes' must be true or false"):
+        serve.create_app(fixed_uri=uri)
 
 
 def test_worker_count_must_be_a_whole_number() -> None:
@@ -259,45 +300,3 @@ def test_real_server_serves_a_pinned_run_on_every_worker_at_full_speed(
         assert kept < fresh_ms + 10, f"kept-alive {kept:.1f} ms per request vs fresh connections {fresh_ms:.1f} ms"
     workers = min(len(os.sched_getaffinity(0)), 4)
     assert f"model-server: {workers} uvicorn worker(s)" in log.read_text()
-
-
-@pytest.mark.slow
-def test_connections_opened_together_spread_over_the_workers(
-    tracking_server: str, trained_run: str, tmp_path: Path
-) -> None:
-    """Four kept-alive connections opened at once, as wrk or a client's pool opens them, end up two per worker on a
-    2-worker server. Without serve.SpreadingHttpProtocol the first worker to wake often takes three or all four
-    (gunicorn's workers share one socket and uvloop accepts all that is pending): their requests then queue
-    behind each other while the other worker idles."""
-    port = free_port()
-    env = pinned_server_env(tracking_server, trained_run, port, workers="2")
-
-    def held(workers: list[psutil.Process]) -> list[int]:
-        """Established connections to the port, per worker, fewest first."""
-        return sorted(
-            sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port for c in w.net_connections("tcp"))
-            for w in workers
-        )
-
-    log = tmp_path / "spread.log"
-    with service(MODEL_SERVER, log, env, f"http://127.0.0.1:{port}/ping", timeout=90) as proc:
-        workers = psutil.Process(proc.pid).children()  # model-server.sh execs gunicorn: proc is its parent
-        assert len(workers) == 2, workers
-        # /ping answered by one worker; the other accepts only once it has loaded the model too
-        wait_for("both workers to start", lambda: log.read_text().count("Application startup complete") == 2, 60)
-        splits = []
-        for _ in range(12):
-            wait_for("the workers to drop the last round's connections", lambda: held(workers) == [0, 0], 10, 0.05)
-            conns = [socket.socket() for _ in range(4)]
-            for conn in conns:  # every SYN before any answer, as wrk connects
-                conn.setblocking(False)
-                conn.connect_ex(("127.0.0.1", port))
-            for conn in conns:
-                conn.settimeout(10)
-                conn.sendall(SEED_REQUEST)
-            for conn in conns:
-                read_seed_answer(conn)
-            splits.append(held(workers))
-            for conn in conns:
-                conn.close()
-        assert splits == [[2, 2]] * len(splits), f"connections per worker, per round: {splits}"
