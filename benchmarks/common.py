@@ -221,14 +221,18 @@ class Stack:
 
 
 # --- load: wrk for single rows (keep-alive, C, one thread), http.client for the big batch
-def wrk(url: str, connections: int, seconds: int, pids: dict[str, list[int]]) -> dict[str, Any]:
-    """One bounded wrk run of the seed payload. Adds req/s and, to explain it, where the CPU went: per group of
+def wrk(url: str, connections: int, seconds: int, pids: dict[str, list[int]], path: str = "") -> dict[str, Any]:
+    """One bounded wrk run of the seed payload to /invocations (or a GET of `path`). Adds req/s and, to explain it,
+    where the CPU went: per group of
     process trees in `pids` (the server; in compose also docker-proxy) the CPU ms per request, the cores it kept
     busy and its busiest process's; wrk's own share of a core; and the cores the whole machine kept busy."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / "wrk_post.lua")]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / "wrk.lua")]
     before_client, before_machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_seconds()
     before = {name: cpu_seconds(group) for name, group in pids.items()}
-    out = subprocess.run([*cmd, f"{url}/invocations"], capture_output=True, text=True, timeout=seconds + 60)
+    env = {**os.environ, "WRK_GET": "1" if path else "0"}
+    out = subprocess.run(
+        [*cmd, url + (path or "/invocations")], capture_output=True, text=True, timeout=seconds + 60, env=env
+    )
     after = {name: cpu_seconds(group) for name, group in pids.items()}
     after_client, after_machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_seconds()
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)

@@ -13,7 +13,8 @@ from common import fmt  # noqa: E402
 
 TITLES = {
     "serving-compose": "1. Serving, compose (the model-server's published 127.0.0.1 port)",
-    "serving-local": "1b. Serving, local processes (mlflow/model-server.sh)",
+    "serving-vs-training": "1b. Serving and training together: DAG runs under serving load, memory after it",
+    "serving-local": "1c. Serving, local processes (mlflow/model-server.sh)",
     "training": "2. Training: DAG run on warm services vs. one fresh process of the same pipeline",
     "cold-start": "3. Cold start: `make demo` on built images, fresh volumes, to the first prediction",
     "memory": "4. Memory and size",
@@ -40,7 +41,7 @@ def markdown(results: dict[str, Any]) -> str:
         "figure: compare figures of one run only (each reference below is measured in the same run).",
         "",
         "Every figure is the median of its runs, min - max beside it. Load client: "
-        f"{results['client']}, one thread, keep-alive (benchmarks/wrk_post.lua), on the same cores as the server.",
+        f"{results['client']}, one thread, keep-alive (benchmarks/wrk.lua), on the same cores as the server.",
         "",
     ]
     if s["runs"] < 3:
@@ -103,15 +104,16 @@ def cold_start_plot(run: dict[str, Any], path: Path, target_s: float) -> None:
 
 
 def serving_plot(setups: dict[str, dict[str, Any]], path: Path) -> None:
-    """Throughput per connection count against each setup's in-process ceiling and goal; p50/p99 on the bars."""
+    """/invocations throughput per connection count against GET /ping on the same server and the goal; p50/p99 on
+    the bars."""
     fig, axes = plt.subplots(1, len(setups), figsize=(5 * len(setups), 3.8), squeeze=False)
     for ax, (part, rows) in zip(axes[0], setups.items(), strict=True):
         ceiling, goal = rows["ceiling"], rows["goal"]
         for i, point in enumerate(rows["points"]):
             ax.bar(i, point["rps"], color="tab:blue")
-            label = f"p50 {point['p50']:.1f} ms\np99 {point['p99']:.1f} ms"
+            label = f"p50 {point['p50']:.2f} ms\np99 {point['p99']:.2f} ms"
             ax.text(i, point["rps"], label, ha="center", va="bottom", fontsize=8)
-        ax.axhline(ceiling, color="grey", linestyle="--", linewidth=1, label=f"in-process ceiling {ceiling:,.0f}")
+        ax.axhline(ceiling, color="grey", linestyle="--", linewidth=1, label=f"GET /ping, 4 conn. {ceiling:,.0f}")
         ax.axhline(goal, color="red", linestyle=":", linewidth=1, label=f"goal {goal:,.0f}")
         ax.set_xticks(range(len(rows["points"])), [f"{p['connections']} conn." for p in rows["points"]])
         ax.set_ylim(0, max(ceiling, *(p["rps"] for p in rows["points"])) * 1.3)

@@ -29,8 +29,9 @@ import report  # noqa: E402
 import serving  # noqa: E402
 from common import BENCH, BenchError, Stack, log, machine  # noqa: E402
 
-PARTS = ("serving-compose", "serving-local", "training", "cold-start", "memory", "recovery")
-COMPOSE = ("cold-start", "memory", "serving-compose", "training", "recovery")  # the order they run in
+PARTS = ("serving-compose", "serving-vs-training", "serving-local", "training", "cold-start", "memory", "recovery")
+# the order they run in
+COMPOSE = ("cold-start", "memory", "serving-compose", "serving-vs-training", "training", "recovery")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,18 +51,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def ensure_wrk() -> str:
-    """wrk's version; installed with apt-get when missing (the serving parts need it)."""
-    if shutil.which("wrk") is None:
-        log("installing wrk (apt-get install -y wrk)")
+def ensure_load_tools() -> str:
+    """wrk's and hey's versions; installed with apt-get when missing (the serving parts need them)."""
+    missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
+    if missing:
+        log(f"installing {' '.join(missing)} (apt-get install -y {' '.join(missing)})")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True).returncode:
+        if subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env, capture_output=True).returncode:
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True)
-    if shutil.which("wrk") is None:
-        raise BenchError("wrk is missing and could not be installed: apt-get install -y wrk")
+            subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env, capture_output=True)
+    if still := [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]:
+        raise BenchError(
+            f"{' and '.join(still)} missing and could not be installed: apt-get install -y {' '.join(still)}"
+        )
     out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    return (out.stdout + out.stderr).split(" Copyright")[0].strip()
+    return (out.stdout + out.stderr).split(" Copyright")[0].strip() + "; hey (Debian)"
 
 
 class Results(dict):
@@ -114,6 +118,11 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
             results.attempt("memory", lambda: results.add("memory", memory(stack, starts)))
         if "serving-compose" in wanted:
             results.attempt("serving-compose", lambda: serving_compose(stack, args, results))
+        if "serving-vs-training" in wanted:
+            part = "serving-vs-training"
+            results.attempt(
+                part, lambda: results.add(part, serving.training_under_load(stack, args.runs, args.seconds, tmp))
+            )
         if "training" in wanted:
             results.attempt("training", lambda: results.add("training", compose_parts.training(stack, args.runs)))
         if "recovery" in wanted:
@@ -131,13 +140,13 @@ def serving_compose(stack: Stack, args: argparse.Namespace, results: Results) ->
     info = compose_parts.champion_served(stack)
     raw = serving.compose(stack, args.runs, args.seconds, info)
     results["raw"]["serving-compose"] = raw
-    results.add("serving-compose", serving.rows("serving-compose", raw, os.cpu_count() or 1))
+    results.add("serving-compose", serving.rows("serving-compose", raw))
 
 
 def serving_local(args: argparse.Namespace, results: Results, tmp: Path) -> None:
     raw = serving.local(tmp / "local", args.runs, args.seconds)
     results["raw"]["serving-local"] = raw
-    results.add("serving-local", serving.rows("serving-local", raw, os.cpu_count() or 1))
+    results.add("serving-local", serving.rows("serving-local", raw))
 
 
 def serving_plot(results: Results, out: Path) -> None:
@@ -146,7 +155,7 @@ def serving_plot(results: Results, out: Path) -> None:
         raw = results["raw"].get(part)
         if not raw:
             continue
-        ceiling = (os.cpu_count() or 1) * 1000 / statistics.median(raw["inprocess"]["predict_ms"])
+        ping = statistics.median(r["rps"] for r in raw["compiled"]["ping"])
         points = [
             {
                 "connections": c,
@@ -154,9 +163,9 @@ def serving_plot(results: Results, out: Path) -> None:
                 "p50": statistics.median(r["p50_us"] for r in runs) / 1000,
                 "p99": statistics.median(r["p99_us"] for r in runs) / 1000,
             }
-            for c, runs in raw["load"].items()
+            for c, runs in raw["compiled"]["load"].items()
         ]
-        setups[part] = {"ceiling": ceiling, "goal": serving.CEILING_SHARE * ceiling, "points": points}
+        setups[part] = {"ceiling": ping, "goal": serving.PING_SHARE * ping, "points": points}
     if setups:
         report.serving_plot(setups, out / "serving.png")
         results["plots"]["serving-compose" if "serving-compose" in setups else "serving-local"] = ["serving.png"]
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mlopsbench-"))
     try:
         if any(p.startswith("serving") for p in args.parts):
-            results["client"] = results.attempt("wrk", ensure_wrk) or ""
+            results["client"] = results.attempt("load tools", ensure_load_tools) or ""
         if [p for p in COMPOSE if p in args.parts]:
             results.attempt("compose", lambda: compose_session(args, results, tmp))
         if "serving-local" in args.parts:

@@ -1,13 +1,22 @@
-"""Target 1, serving: single-row requests at 1 and 4 keep-alive connections (wrk) and a 10,000-row batch, against
-the served model's in-process predict measured in the same run where the server runs (its image, or this venv)."""
+"""Serving: what the model-server answers at the model's own speed, and what serving costs training.
+
+Per setup (compose through the published 127.0.0.1 port; local processes), each figure against a reference from
+the same run: `GET /ping` on the same server at 4 keep-alive connections (what its HTTP stack can answer), the
+single-row `/invocations` at 1 and 4 connections (wrk), a 10,000-row request against the same server with
+MODEL_SERVER_COMPILED=false (the scikit-learn path, switched through the stack's .env). In compose also: DAG runs
+idle, under a saturating 4-connection load (wrk) and under an open-loop 200 req/s (hey), and the whole stack's
+memory after that load and those runs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +24,7 @@ import psutil
 from common import (
     BENCH,
     ROOT,
+    SEED,
     BenchError,
     Stack,
     batch_rows_per_s,
@@ -32,82 +42,106 @@ from common import (
 
 CONNECTIONS = (1, 4)
 BATCH_ROWS = 10_000
-CEILING_SHARE, P99_MS, P50_SLACK_MS, BATCH_SHARE = 0.8, 25.0, 2.0, 0.5
+PING_SHARE, P99_MS, P50_MS, BATCH_RATIO = 0.5, 5.0, 1.0, 2.0
+SATURATED_RATIO, OPEN_LOOP_RATIO, OPEN_LOOP_RPS, OPEN_LOOP_P99_MS, MEMORY_MIB = 1.5, 1.2, 200, 5.0, 1.6 * 1024
+HEY_WORKERS = 4
 
 
-def measure(url: str, pids: dict[str, list[int]], inprocess: dict, runs: int, seconds: int) -> dict[str, Any]:
-    """wrk at each connection count and the batch, `runs` times, interleaved so noise spreads evenly. `pids`: the
-    process trees whose CPU is counted per request (the server; in compose also docker-proxy)."""
+def runtime(url: str) -> str:
+    status, body = http("GET", f"{url}/model")
+    if status != 200:
+        raise BenchError(f"{url}/model answered {status}")
+    return body.get("runtime", "?")
+
+
+def measure(url: str, pids: dict[str, list[int]], runs: int, seconds: int) -> dict[str, Any]:
+    """wrk on /ping and /invocations and the big request, `runs` times, interleaved so noise spreads evenly. `pids`:
+    the process trees whose CPU is counted per request (the server; in compose also docker-proxy)."""
     wrk(url, 4, 1, pids)  # warm-up: connections, caches, the first request of each worker
-    load: dict[str, list[dict]] = {str(c): [] for c in CONNECTIONS}
-    batches = []
+    out: dict[str, Any] = {"runtime": runtime(url), "ping": [], "load": {str(c): [] for c in CONNECTIONS}}
+    out["batch_rows_s"] = []
     for _ in range(runs):
+        out["ping"].append(wrk(url, 4, seconds, pids, path="/ping"))
         for connections in CONNECTIONS:
-            load[str(connections)].append(wrk(url, connections, seconds, pids))
-        batches.append(batch_rows_per_s(url, BATCH_ROWS))
-    return {"inprocess": inprocess, "load": load, "batch_rows_s": batches}
+            out["load"][str(connections)].append(wrk(url, connections, seconds, pids))
+        out["batch_rows_s"].append(batch_rows_per_s(url, BATCH_ROWS))
+    return out
 
 
-def rows(part: str, raw: dict[str, Any], cores: int) -> tuple[list[dict], list[dict], list[str]]:
-    """The four targets of one serving setup, the breakdown that explains them, and that explanation in words."""
-    ip = raw["inprocess"]
-    predict = statistics.median(ip["predict_ms"])
-    ceiling = cores * 1000 / predict
-    batch_ref = statistics.median(ip["batch_rows_s"])
+def measure_reference(url: str, pids: dict[str, list[int]], runs: int, seconds: int) -> dict[str, Any]:
+    """The scikit-learn path of the same server: the big request, and single rows at 4 connections."""
+    out: dict[str, Any] = {"runtime": runtime(url), "load": {"4": []}, "batch_rows_s": []}
+    for _ in range(runs):
+        out["load"]["4"].append(wrk(url, 4, seconds, pids))
+        out["batch_rows_s"].append(batch_rows_per_s(url, BATCH_ROWS))
+    return out
 
-    def col(connections: int, key: str, scale: float = 1.0) -> list[float]:
-        return [r[key] * scale for r in raw["load"][str(connections)]]
 
-    def per(connections: int, key: str, group: str) -> list[float]:
-        return [r[key][group] for r in raw["load"][str(connections)]]
+def rows(part: str, raw: dict[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
+    """The serving targets of one setup, the breakdown that explains them, and that explanation in words."""
+    compiled, sklearn = raw["compiled"], raw["sklearn"]
+    med = statistics.median
 
-    one = f"one in-process predict {predict:.2f} ms ({ip['trees']} trees)"
+    def col(run: dict, connections: int, key: str, scale: float = 1.0) -> list[float]:
+        return [r[key] * scale for r in run["load"][str(connections)]]
+
+    def per(run: dict, connections: int, key: str, group: str) -> list[float]:
+        return [r[key][group] for r in run["load"][str(connections)]]
+
+    ping = [r["rps"] for r in compiled["ping"]]
+    shares = [i / p for i, p in zip(col(compiled, 4, "rps"), ping, strict=True)]
+    batch = [c / med(sklearn["batch_rows_s"]) for c in compiled["batch_rows_s"]]
+    served_by = f"served by {compiled['runtime']}"
     targets = [
-        target(part, "throughput at 4 connections", col(4, "rps"), "req/s", CEILING_SHARE * ceiling,
-               f"ceiling {cores} cores / {predict:.2f} ms = {ceiling:,.0f} req/s; goal {CEILING_SHARE}x", "higher"),
-        target(part, "p99 latency at 4 connections", col(4, "p99_us", 1e-3), "ms", P99_MS, one),
-        target(part, "p50 latency at 1 connection", col(1, "p50_us", 1e-3), "ms", predict + P50_SLACK_MS,
-               f"{one}; goal + {P50_SLACK_MS:g} ms"),
-        target(part, "10,000-row batch", raw["batch_rows_s"], "rows/s", BATCH_SHARE * batch_ref,
-               f"in-process {batch_ref:,.0f} rows/s; goal {BATCH_SHARE}x", "higher"),
+        target(part, "/invocations ÷ GET /ping, 4 connections", shares, "x", PING_SHARE,
+               f"/ping {med(ping):,.0f} req/s, /invocations {med(col(compiled, 4, 'rps')):,.0f} req/s; {served_by}",
+               "higher"),
+        target(part, "p99 latency at 4 connections", col(compiled, 4, "p99_us", 1e-3), "ms", P99_MS, served_by),
+        target(part, "p50 latency at 1 connection", col(compiled, 1, "p50_us", 1e-3), "ms", P50_MS, served_by),
+        target(part, "10,000-row request ÷ the scikit-learn path", batch, "x", BATCH_RATIO,
+               f"{med(compiled['batch_rows_s']):,.0f} vs {med(sklearn['batch_rows_s']):,.0f} rows/s "
+               f"({sklearn['runtime']}, MODEL_SERVER_COMPILED=false)", "higher"),
     ]  # fmt: skip
     details = [
-        detail(part, "in-process predict, one row (wall)", ip["predict_ms"], "ms"),
-        detail(part, "in-process predict, one row (CPU)", ip["predict_cpu_ms"], "ms"),
-        detail(part, "in-process predict, 10,000 rows", ip["batch_rows_s"], "rows/s"),
+        detail(part, "GET /ping, 4 conn.: throughput", ping, "req/s"),
+        detail(part, "GET /ping, 4 conn.: p99 latency", [r["p99_us"] / 1e3 for r in compiled["ping"]], "ms"),
+        detail(part, "10,000 rows, compiled", compiled["batch_rows_s"], "rows/s"),
+        detail(part, "10,000 rows, scikit-learn path", sklearn["batch_rows_s"], "rows/s"),
+        detail(part, "scikit-learn path, 4 conn.: throughput", col(sklearn, 4, "rps"), "req/s"),
+        detail(part, "scikit-learn path, 4 conn.: p99 latency", col(sklearn, 4, "p99_us", 1e-3), "ms"),
     ]
-    groups = list(raw["load"]["4"][0]["cpu_ms"])
+    if "inprocess" in raw:
+        ip = raw["inprocess"]
+        details += [
+            detail(part, "scikit-learn predict in process, one row", ip["predict_ms"], "ms"),
+            detail(part, "scikit-learn predict in process, 10,000 rows", ip["batch_rows_s"], "rows/s"),
+        ]
+    groups = list(compiled["load"]["4"][0]["cpu_ms"])
     for c in CONNECTIONS:
         details += [
-            detail(part, f"{c} conn.: throughput", col(c, "rps"), "req/s"),
-            detail(part, f"{c} conn.: p50 latency", col(c, "p50_us", 1e-3), "ms"),
-            detail(part, f"{c} conn.: p99 latency", col(c, "p99_us", 1e-3), "ms"),
-            *(detail(part, f"{c} conn.: {group} CPU per request", per(c, "cpu_ms", group), "ms") for group in groups),
-            detail(part, f"{c} conn.: server, cores busy", per(c, "cores", "server"), "cores"),
-            detail(part, f"{c} conn.: server, its busiest process", per(c, "busiest_cores", "server"), "cores"),
-            detail(part, f"{c} conn.: wrk (the load client)", col(c, "client_cores"), "cores"),
-            detail(part, f"{c} conn.: whole machine, cores busy", col(c, "machine_cores"), "cores"),
-            detail(part, f"{c} conn.: failed requests", col(c, "errors"), "requests"),
+            detail(part, f"{c} conn.: throughput", col(compiled, c, "rps"), "req/s"),
+            detail(part, f"{c} conn.: p50 latency", col(compiled, c, "p50_us", 1e-3), "ms"),
+            detail(part, f"{c} conn.: p99 latency", col(compiled, c, "p99_us", 1e-3), "ms"),
+            *(detail(part, f"{c} conn.: {g} CPU per request", per(compiled, c, "cpu_ms", g), "ms") for g in groups),
+            detail(part, f"{c} conn.: server, cores busy", per(compiled, c, "cores", "server"), "cores"),
+            detail(part, f"{c} conn.: wrk (the load client)", col(compiled, c, "client_cores"), "cores"),
+            detail(part, f"{c} conn.: whole machine, cores busy", col(compiled, c, "machine_cores"), "cores"),
+            detail(part, f"{c} conn.: failed requests", col(compiled, c, "errors"), "requests"),
         ]
-    med = statistics.median
-    others = med(col(4, "machine_cores")) - sum(med(per(4, "cores", g)) for g in groups) - med(col(4, "client_cores"))
+    cpu = {g: med(per(compiled, 4, "cpu_ms", g)) for g in groups}
     note = (
-        f"At 4 connections a request costs the server {med(per(4, 'cpu_ms', 'server')):.2f} ms of CPU "
-        f"(the predict alone {med(ip['predict_cpu_ms']):.2f} ms). The server kept {med(per(4, 'cores', 'server')):.2f} "
-        f"of {cores} cores busy, its busiest process {med(per(4, 'busiest_cores', 'server')):.2f}; wrk "
-        f"{med(col(4, 'client_cores')):.2f}; everything else on the machine {max(others, 0):.2f} cores."
+        f"At 4 connections a request cost {', '.join(f'{g} {ms:.3f} ms' for g, ms in cpu.items())} of CPU and wrk "
+        f"kept {med(col(compiled, 4, 'client_cores')):.2f} cores busy: on 2 cores the load client and the proxy take "
+        "a share of every figure."
     )
     return targets, details, [note]
 
 
-def inprocess_local(model_uri: str, tracking_uri: str, runs: int, seconds: float) -> dict:
-    """The reference of local mode: inprocess.py in this venv, in a process of its own."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "GIT_PYTHON_REFRESH": "quiet"}
-    cmd = [sys.executable, str(BENCH / "inprocess.py"), model_uri, str(runs), str(seconds)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if out.returncode != 0:
-        raise BenchError(f"in-process predict failed: {out.stderr.strip()[-800:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def inprocess(stack: Stack, model_uri: str, runs: int, seconds: float) -> dict:
+    """scikit-learn's own predict inside the model-server's image (where the time of the scikit-learn path goes)."""
+    script = (BENCH / "inprocess.py").read_text()
+    cmd = ["docker", "exec", "-i", stack.container("model-server"), "python", "-", model_uri, str(runs), str(seconds)]
+    return json.loads(stack.run(*cmd, input=script).stdout.strip().splitlines()[-1])
 
 
 def docker_proxy_pids(port: int) -> list[int]:
@@ -120,25 +154,42 @@ def docker_proxy_pids(port: int) -> list[int]:
     return pids
 
 
+def switch(stack: Stack, compiled: bool) -> None:
+    """MODEL_SERVER_COMPILED in the stack's .env, then the model-server recreated (what a user does)."""
+    lines = stack.env_file.read_text().splitlines()
+    value = f"MODEL_SERVER_COMPILED={'true' if compiled else 'false'}"
+    lines = [value if ln.startswith("MODEL_SERVER_COMPILED=") else ln for ln in lines]
+    if value not in lines:
+        lines.append(value)
+    stack.env_file.write_text("\n".join(lines) + "\n")
+    stack.compose("up", "-d", "--no-deps", "--wait", "model-server", timeout=300)
+    want = "onnxruntime" if compiled else "scikit-learn"
+    wait_for(f"the model-server on {want}", lambda: predicts(stack.model_url) and runtime(stack.model_url) == want, 120)
+
+
 def compose(stack: Stack, runs: int, seconds: int, info: dict) -> dict[str, Any]:
-    """The compose model-server through its published 127.0.0.1 port; the reference inside the same image."""
-    cid = stack.container("model-server")
-    script = (BENCH / "inprocess.py").read_text()
-    log(f"serving-compose: in-process predict of {info['model_uri']} inside the model-server's container")
-    cmd = ["docker", "exec", "-i", cid, "python", "-", info["model_uri"], str(runs), str(max(1.0, seconds / 2))]
-    out = stack.run(*cmd, input=script)
-    inprocess = json.loads(out.stdout.strip().splitlines()[-1])
-    pids = {
+    """The compose model-server through its published port, compiled (the default) and with the switch off."""
+    pids = lambda: {  # noqa: E731 - the container's processes change when it is recreated
         "server": [stack.init_pid("model-server")],
         "docker-proxy": docker_proxy_pids(stack.ports["MODEL_SERVER_PORT"]),
     }
-    log(f"serving-compose: wrk at {CONNECTIONS} connections and {BATCH_ROWS:,} rows, {runs} x {seconds} s")
-    return measure(stack.model_url, pids, inprocess, runs, seconds)
+    raw: dict[str, Any] = {"model_uri": info["model_uri"]}
+    log(f"serving-compose: /ping, /invocations at {CONNECTIONS} connections, {BATCH_ROWS:,} rows, {runs} x {seconds} s")
+    raw["compiled"] = measure(stack.model_url, pids(), runs, seconds)
+    log("serving-compose: the same with MODEL_SERVER_COMPILED=false")
+    switch(stack, compiled=False)
+    try:
+        raw["sklearn"] = measure_reference(stack.model_url, pids(), runs, seconds)
+        raw["inprocess"] = inprocess(stack, info["model_uri"], runs, max(1.0, seconds / 2))
+    finally:
+        switch(stack, compiled=True)
+    return raw
 
 
 def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
-    """mlflow/tracking-server.sh and mlflow/model-server.sh as local processes on free loopback ports, one model
-    trained by airflow/models/train_model.py; every process is stopped before this returns (also on Ctrl-C)."""
+    """mlflow/tracking-server.sh and mlflow/model-server.sh (compiled, then MODEL_SERVER_COMPILED=false) as local
+    processes on free loopback ports, one model trained by train_model.py; every process is stopped before this
+    returns (also on Ctrl-C)."""
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "GIT_PYTHON_REFRESH": "quiet"}
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
@@ -153,12 +204,8 @@ def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
         port = free_port()
         tracking_uri = f"http://127.0.0.1:{port}"
         (tmp / "mlruns").mkdir(parents=True, exist_ok=True)
-        tracking_env = {
-            **env,
-            "MLFLOW_DATA_DIR": str(tmp / "mlruns"),
-            "MLFLOW_HOST": "127.0.0.1",
-            "MLFLOW_PORT": str(port),
-        }
+        tracking_env = {**env, "MLFLOW_DATA_DIR": str(tmp / "mlruns"), "MLFLOW_HOST": "127.0.0.1"}
+        tracking_env["MLFLOW_PORT"] = str(port)
         procs.append(start([str(ROOT / "mlflow" / "tracking-server.sh")], tmp / "tracking.log", tracking_env))
         check = lambda: http("GET", f"{tracking_uri}/health")[0] == 200  # noqa: E731
         wait_for("the local tracking server", lambda: alive_and(procs[0], check), 180)
@@ -168,16 +215,112 @@ def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
         if out.returncode != 0:
             raise BenchError(f"train_model.py failed: {out.stderr.strip()[-800:]}")
         run_id = out.stdout.strip().splitlines()[-1]
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server_env = {**env, "MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id}
-        server_env.update(MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(port), MODEL_SERVER_WORKERS="")
-        procs.append(start([str(ROOT / "mlflow" / "model-server.sh")], tmp / "model-server.log", server_env))
-        wait_for("the local model-server to predict", lambda: alive_and(procs[1], lambda: predicts(url)), 180)
-        log("serving-local: in-process predict in this venv")
-        inprocess = inprocess_local(f"runs:/{run_id}/model", tracking_uri, runs, max(1.0, seconds / 2))
-        log(f"serving-local: wrk at {CONNECTIONS} connections and {BATCH_ROWS:,} rows, {runs} x {seconds} s")
-        return measure(url, {"server": [procs[1].pid]}, inprocess, runs, seconds)
+        raw: dict[str, Any] = {"model_uri": f"runs:/{run_id}/model"}
+        for key, compiled in (("compiled", "true"), ("sklearn", "false")):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            server_env = {**env, "MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id}
+            server_env.update(MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(port), MODEL_SERVER_WORKERS="")
+            server_env["MODEL_SERVER_COMPILED"] = compiled
+            server = start([str(ROOT / "mlflow" / "model-server.sh")], tmp / f"model-server-{key}.log", server_env)
+            procs.append(server)
+            up = lambda s=server, u=url: alive_and(s, lambda: predicts(u))  # noqa: E731
+            wait_for("the local model-server to predict", up, 180)
+            log(f"serving-local: {key}: /ping, /invocations at {CONNECTIONS} connections, {BATCH_ROWS:,} rows")
+            measured = measure if key == "compiled" else measure_reference
+            raw[key] = measured(url, {"server": [server.pid]}, runs, seconds)
+            stop(procs.pop())
+        return raw
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+# --- what serving costs training (compose)
+def hey_start(url: str, rps: int, seconds: int, out: Path) -> subprocess.Popen:
+    """hey at `rps` requests/s in all (HEY_WORKERS workers, each rate-limited): an open-loop-like load that does not
+    speed up when the server does. Per-request times go to `out` as CSV."""
+    body = json.dumps(SEED)
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(HEY_WORKERS), "-q", str(rps // HEY_WORKERS), "-m", "POST"]
+    cmd += ["-T", "application/json", "-d", body, "-o", "csv", f"{url}/invocations"]
+    return subprocess.Popen(cmd, stdout=out.open("w"), stderr=subprocess.STDOUT)
+
+
+def hey_result(proc: subprocess.Popen, out: Path, started: float) -> dict[str, float]:
+    """Stop hey (SIGINT: it writes what it measured) and read its CSV: rate, p99 and non-200 answers."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    lines = out.read_text().splitlines()
+    header = lines[0].split(",") if lines else []
+    if "response-time" not in header:
+        raise BenchError(f"hey wrote no CSV: {' '.join(lines[:3])[:300]}")
+    rows_ = [dict(zip(header, ln.split(","), strict=False)) for ln in lines[1:] if ln.count(",") == len(header) - 1]
+    times = sorted(float(r["response-time"]) * 1000 for r in rows_)
+    if not times:
+        raise BenchError("hey sent no request")
+    return {
+        "rps": len(times) / (time.monotonic() - started),
+        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
+        "p50_ms": times[len(times) // 2],
+        "errors": sum(r["status-code"] != "200" for r in rows_),
+    }
+
+
+def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tuple[list[dict], list[dict], list[str]]:
+    """DAG runs idle, under wrk at 4 connections (as fast as the server answers) and under hey at OPEN_LOOP_RPS,
+    interleaved; each run starts once the model-server serves the previous champion. Then the stack's memory."""
+    from compose_parts import champion_served, dag_run, idle_memory  # the DAG helpers of the training part
+
+    part = "serving-vs-training"
+    airflow = stack.airflow()
+    idle, saturated, open_loop, hey = [], [], [], []
+    for i in range(runs):
+        champion_served(stack)
+        idle.append(dag_run(airflow)[1])
+        champion_served(stack)
+        load = subprocess.Popen(
+            ["wrk", "-t1", "-c4", "-d600s", "-s", str(BENCH / "wrk.lua"), f"{stack.model_url}/invocations"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(2)  # the load is on before the trigger
+            saturated.append(dag_run(airflow)[1])
+        finally:
+            load.kill()
+            load.wait()
+        champion_served(stack)
+        out = tmp / f"hey-{i}.csv"
+        started = time.monotonic()
+        proc = hey_start(stack.model_url, OPEN_LOOP_RPS, 600, out)
+        try:
+            time.sleep(2)
+            open_loop.append(dag_run(airflow)[1])
+        finally:
+            hey.append(hey_result(proc, out, started))
+        log(f"{part}: run {i + 1}/{runs}: DAG idle {idle[-1]:.1f} s, under wrk {saturated[-1]:.1f} s, "
+            f"under hey {open_loop[-1]:.1f} s (p99 {hey[-1]['p99_ms']:.2f} ms)")  # fmt: skip
+    champion_served(stack)
+    memory = idle_memory(stack)
+    med = statistics.median
+    ref = f"DAG idle {med(idle):.1f} s"
+    targets = [
+        target(part, "DAG run under a saturating 4-connection load ÷ idle", [s / med(idle) for s in saturated], "x",
+               SATURATED_RATIO, ref),
+        target(part, f"DAG run under {OPEN_LOOP_RPS} req/s ÷ idle", [s / med(idle) for s in open_loop], "x",
+               OPEN_LOOP_RATIO, ref),
+        target(part, f"serving p99 at {OPEN_LOOP_RPS} req/s during the DAG run", [h["p99_ms"] for h in hey], "ms",
+               OPEN_LOOP_P99_MS, f"hey, {HEY_WORKERS} workers"),
+        target(part, "whole stack's memory after the serving load and the DAG runs", [sum(memory.values())], "MiB",
+               MEMORY_MIB, ", ".join(f"{k} {v:,.0f}" for k, v in sorted(memory.items(), key=lambda kv: -kv[1])[:3])),
+    ]  # fmt: skip
+    details = [
+        detail(part, "DAG run idle", idle, "s"),
+        detail(part, "DAG run under wrk, 4 connections", saturated, "s"),
+        detail(part, f"DAG run under hey, {OPEN_LOOP_RPS} req/s", open_loop, "s"),
+        detail(part, "hey: achieved rate", [h["rps"] for h in hey], "req/s"),
+        detail(part, "hey: p50 latency", [h["p50_ms"] for h in hey], "ms"),
+        detail(part, "hey: failed requests", [h["errors"] for h in hey], "requests"),
+        *(detail(part, f"{name} (after the load)", [mib], "MiB") for name, mib in sorted(memory.items())),
+    ]
+    return targets, details, []

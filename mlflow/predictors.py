@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,20 +59,24 @@ class Compiled:
     dtype: np.dtype  # what scikit-learn's predict returns: the answer's JSON must not change (0 vs 0.0)
     tail: tuple[int, ...]  # the shape of one prediction (() for a label)
 
-    def accepts(self, x: np.ndarray) -> bool:
-        """What the check covered: numbers finite in float32, one row per sample of the model's width. Anything else
-        (NaN, infinities, numbers beyond float32, other shapes) goes to scikit-learn, which answers or refuses it as
-        it always did."""
-        if x.ndim != 2 or x.shape[1] != self.n_features or x.dtype.kind != "f":
-            return False
-        with np.errstate(over="ignore"):  # finite as float32, scikit-learn's dtype: 1e308 is not
-            return bool(np.isfinite(x.astype(np.float32)).all())
+    @cached_property
+    def names(self) -> tuple[str, str, bool]:
+        """The input's name, the first output's (the label), and whether the input is float32 (else float64)."""
+        inp = self.session.get_inputs()[0]
+        return inp.name, self.session.get_outputs()[0].name, inp.type == "tensor(float)"
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        inp, label = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        x32 = x.astype(np.float32)  # scikit-learn's own cast
-        feed = x32 if inp.type == "tensor(float)" else x32.astype(np.float64)
-        out = self.session.run([label.name], {inp.name: feed})[0]
+    def predict(self, x: np.ndarray) -> np.ndarray | None:
+        """scikit-learn's answer for what the check covered: rows of the model's width, numbers finite in float32
+        (scikit-learn's own cast). None for anything else (NaN, infinities, numbers beyond float32, other shapes):
+        scikit-learn then answers or refuses it as it always did."""
+        if x.ndim != 2 or x.shape[1] != self.n_features or x.dtype.kind != "f":
+            return None
+        with np.errstate(over="ignore"):  # 1e308 becomes inf here, and is refused below
+            x32 = x.astype(np.float32)
+        if not np.isfinite(x32).all():
+            return None
+        name, label, single = self.names
+        out = self.session.run([label], {name: x32 if single else x32.astype(np.float64)})[0]
         return out.reshape((len(x), *self.tail)).astype(self.dtype, copy=False)
 
 

@@ -157,9 +157,10 @@ class Loaded:
             return None
         try:
             x = convert_data_type(rows, self.tensor_spec)
-            if self.compiled is not None and fits(self.tensor_spec, x) and self.compiled.accepts(x):
+            predictions = None
+            if self.compiled is not None and fits(self.tensor_spec, x):
                 predictions = self.compiled.predict(x)
-            else:
+            if predictions is None:
                 predictions = self.model.predict(x)
         except Exception:  # noqa: BLE001 - MLflow's path decides what the error is and how it is worded
             return None

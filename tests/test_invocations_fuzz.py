@@ -486,7 +486,7 @@ def test_malformed_requests_get_a_json_4xx(
 def test_both_runtimes_answer_every_valid_request_alike(clients: tuple[TestClient, TestClient]) -> None:
     """Rows MLflow accepts (numbers far outside the training range, numeric strings, null/NaN, bools, integers):
     the compiled runtime gives the scikit-learn path's answer, byte for byte. Non-finite cells go to
-    scikit-learn by design (Compiled.accepts), so both answers come from it there."""
+    scikit-learn by design (Compiled.predict), so both answers come from it there."""
     statuses: Counter[int] = Counter()
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,7 +1,10 @@
--- wrk script of the serving benchmark: POST the seed's single-row payload, print one machine-readable line.
-wrk.method = "POST"
-wrk.body = '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
-wrk.headers["Content-Type"] = "application/json"
+-- wrk script of the serving benchmark: POST the seed's single-row payload (or, with WRK_GET=1, a plain GET of the
+-- URL), print one machine-readable line.
+if os.getenv("WRK_GET") ~= "1" then
+  wrk.method = "POST"
+  wrk.body = '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
