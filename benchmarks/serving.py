@@ -273,8 +273,14 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
 
     part = "serving-vs-training"
     airflow = stack.airflow()
-    idle, saturated, open_loop, hey = [], [], [], []
+    idle, saturated, open_loop, hey, hey_alone = [], [], [], [], []
     for i in range(runs):
+        champion_served(stack)
+        out = tmp / f"hey-alone-{i}.csv"
+        started = time.monotonic()
+        proc = hey_start(stack.model_url, OPEN_LOOP_RPS, 600, out)
+        time.sleep(seconds)
+        hey_alone.append(hey_result(proc, out, started))
         champion_served(stack)
         idle.append(dag_run(airflow)[1])
         champion_served(stack)
@@ -320,6 +326,12 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
         detail(part, f"DAG run under hey, {OPEN_LOOP_RPS} req/s", open_loop, "s"),
         detail(part, "hey: achieved rate", [h["rps"] for h in hey], "req/s"),
         detail(part, "hey: p50 latency", [h["p50_ms"] for h in hey], "ms"),
+        detail(
+            part, f"hey alone (no DAG run), {OPEN_LOOP_RPS} req/s: p50 latency", [h["p50_ms"] for h in hey_alone], "ms"
+        ),
+        detail(
+            part, f"hey alone (no DAG run), {OPEN_LOOP_RPS} req/s: p99 latency", [h["p99_ms"] for h in hey_alone], "ms"
+        ),
         detail(part, "hey: failed requests", [h["errors"] for h in hey], "requests"),
         *(detail(part, f"{name} (after the load)", [mib], "MiB") for name, mib in sorted(memory.items())),
     ]
