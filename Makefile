@@ -107,4 +107,4 @@ test-fast: venv ## the edit loop (< 3 min): unit and in-process tests, one track
 	$(VENV)/bin/pytest -p no:randomly -m "not (compose or local or browser or slow)" $(PYTEST_ARGS)
 
 bench: venv ## benchmarks (not part of test, ~15 min): results in benchmarks/results.md; BENCH_ARGS="--help"
-	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	PYTHONPATH=$(CURDIR)/scripts $(PY) benchmarks/run.py $(BENCH_ARGS)
