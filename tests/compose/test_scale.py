@@ -121,7 +121,7 @@ class ScaleStack(ComposeProject):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     s = ScaleStack(tmp_path_factory.mktemp("scale"))
-    with s.lifetime(RESULTS, stop_timeout=5):  # SeaweedFS takes 20-30 s to stop on SIGTERM; the data is thrown away
+    with s.lifetime(RESULTS, stop_timeout=5):  # SeaweedFS is slow to stop on SIGTERM; the data is thrown away
         yield s
 
 

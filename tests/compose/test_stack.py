@@ -215,7 +215,7 @@ def test_5_update_run_id_then_recreate_serves_the_seed_prediction(stack: Stack) 
 
 
 def test_5a_a_kept_alive_connection_answers_as_fast_as_fresh_ones(stack: Stack) -> None:
-    """The TCP_NODELAY class of problem: without it every answer on a kept-alive connection waits ~40 ms for the
+    """The TCP_NODELAY class of problem: without it every answer on a kept-alive connection waits for the
     client's delayed ACK (what wrk and real clients see), while a fresh connection per request hides it."""
     fresh = []
     for _ in range(20):  # requests.post without a session: a new connection each
