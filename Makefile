@@ -92,7 +92,7 @@ local-restart-model: ## local: restart the model-server (after ./update_run_id.s
 lint: venv ## ruff, shellcheck and hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/shellcheck update_run_id.sh clean_disk.sh airflow/*.sh mlflow/*.sh postgres/*.sh tests/*.sh .ci/run \
+	$(VENV)/bin/shellcheck update_run_id.sh clean_disk.sh scripts/*.sh airflow/*.sh mlflow/*.sh postgres/*.sh tests/*.sh .ci/run \
 		tests/standins/*/*.sh tests/standins/redis/redis-server
 	$(VENV)/bin/hadolint airflow/Dockerfile mlflow/Dockerfile tests/standins/*/Dockerfile
 
