@@ -32,7 +32,7 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 venv: $(VENV)/.synced ## create/refresh the local environment from uv.lock
 
-# make demo needs only the scripts' group (python-dotenv, tenacity, pyyaml: ~3 MB), not the whole venv.
+# make demo needs only the scripts' group (python-dotenv, tenacity, pyyaml), not the whole venv.
 SCRIPTS_VENV := .local/scripts-venv
 $(SCRIPTS_VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	UV_PROJECT_ENVIRONMENT=$(SCRIPTS_VENV) $(UV) sync --frozen --only-group scripts --quiet
@@ -92,7 +92,7 @@ local-restart-model: ## local: restart the model-server (after ./update_run_id.s
 lint: venv ## ruff, shellcheck and hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/shellcheck update_run_id.sh clean_disk.sh airflow/*.sh mlflow/*.sh postgres/*.sh tests/*.sh .ci/run \
+	$(VENV)/bin/shellcheck update_run_id.sh clean_disk.sh scripts/*.sh airflow/*.sh mlflow/*.sh postgres/*.sh tests/*.sh .ci/run \
 		tests/standins/*/*.sh tests/standins/redis/redis-server
 	$(VENV)/bin/hadolint airflow/Dockerfile mlflow/Dockerfile tests/standins/*/Dockerfile
 
@@ -104,7 +104,7 @@ test: venv lint ## lint, then every test (the compose suite needs a Docker engin
 	$(VENV)/bin/pytest -p no:randomly $(PYTEST_ARGS)
 
 test-fast: venv ## the edit loop (< 3 min): unit and in-process tests, one tracking server; no Docker, browser or local stack
-	$(VENV)/bin/pytest -p no:randomly -m "not (compose or local or browser or slow)" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not (compose or local or browser or slow)" $(PYTEST_ARGS)
 
-bench: venv ## benchmarks (not part of test, ~15 min): results in benchmarks/results.md; BENCH_ARGS="--help"
-	$(PY) benchmarks/run.py $(BENCH_ARGS)
+bench: venv ## benchmarks (not part of test; its runtime is in results.md): benchmarks/results.md; BENCH_ARGS="--help"
+	PYTHONPATH=$(CURDIR)/scripts $(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -22,12 +22,10 @@ command -v docker >/dev/null || { echo "clean_disk: docker is not installed" >&2
 docker info >/dev/null 2>&1 || { echo "clean_disk: no Docker engine answers (docker info failed)" >&2; exit 1; }
 
 # Secrets are irrelevant to removing things, but the compose file refuses to load without them (e.g. when
-# .env is already gone): give placeholders to this process only.
-export FERNET_KEY="${FERNET_KEY:-unused}" AIRFLOW_JWT_SECRET="${AIRFLOW_JWT_SECRET:-unused}" \
-  AIRFLOW_SECRET_KEY="${AIRFLOW_SECRET_KEY:-unused}" AIRFLOW_ADMIN_PASSWORD="${AIRFLOW_ADMIN_PASSWORD:-unused}"
-export POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-unused}" AIRFLOW_DB_PASSWORD="${AIRFLOW_DB_PASSWORD:-unused}" \
-  MLFLOW_DB_PASSWORD="${MLFLOW_DB_PASSWORD:-unused}" REDIS_PASSWORD="${REDIS_PASSWORD:-unused}" \
-  S3_ACCESS_KEY_ID="${S3_ACCESS_KEY_ID:-unused}" S3_SECRET_ACCESS_KEY="${S3_SECRET_ACCESS_KEY:-unused}"
+# .env is already gone): give every key `make env` generates a placeholder, for this process only.
+for key in $(python3 scripts/make_env.py --list-keys); do
+  export "$key=${!key:-unused}"
+done
 
 project=$(docker compose config --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["name"])') ||
   project=""

@@ -1,6 +1,6 @@
 """Healthcheck of an Airflow component by Airflow's own verdict: the api-server's /api/v2/monitor/health says
 whether each component's heartbeat is recent. One small HTTP call instead of `airflow jobs check`, which imports
-all of Airflow for every check (~3 s of CPU), or a health server process beside the scheduler.
+all of Airflow for every check, or a health server process beside the scheduler.
 
 Usage: python healthcheck.py COMPONENT     (scheduler, dag_processor, metadatabase)
 """

@@ -1,11 +1,12 @@
 """`airflow scheduler`, with the training libraries imported before it starts.
 
 The LocalExecutor forks its worker processes from the scheduler, and each task process is forked from a worker,
-so every task starts with MLflow, scikit-learn, skops and matplotlib already imported instead of paying ~5 s to
-import them (with Airflow loaded, skops' import alone searches ~3,000 modules). The pages are shared between the
-processes (copy-on-write; the executor freezes the garbage collector before forking), so it costs memory once.
-Only third-party libraries are imported here: the project's own code (airflow/dags, airflow/models) is imported
-by each task, so an edit on the host takes effect on the next run without a restart.
+so every task starts with MLflow, scikit-learn, skops and matplotlib already imported instead of paying for those
+imports on every run (with Airflow loaded, skops' import searches every loaded module; the cost is measured in
+benchmarks/results.md). The pages are shared between the processes (copy-on-write; the executor freezes the
+garbage collector before forking), so it costs memory once. Only third-party libraries are imported here, and the
+one warnings filter (airflow/models/shim_warnings.py): the project's training and DAG code is imported by each
+task, so an edit on the host takes effect on the next run without a restart.
 
 Usage: python scheduler.py [airflow scheduler options]   (the airflow-scheduler service's command)
 """
@@ -13,10 +14,10 @@ Usage: python scheduler.py [airflow scheduler options]   (the airflow-scheduler 
 from __future__ import annotations
 
 import sys
-import warnings
 
-# skops probes every loaded module for scipy's ufuncs; Airflow's deprecated shims warn when probed.
-warnings.filterwarnings("ignore", message=r"The `airflow\.[^`]*` (attribute )?is deprecated")
+from shim_warnings import ignore_airflow_shim_warnings  # airflow/models, on PYTHONPATH
+
+ignore_airflow_shim_warnings()  # before skops' import probes Airflow's deprecated shims
 
 import matplotlib  # noqa: E402
 

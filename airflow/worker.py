@@ -2,7 +2,7 @@
 
 The same preload as airflow/scheduler.py, for the same reason: Celery's prefork pool forks its child processes
 from this one, and Airflow forks each task process from a pool child, so every task starts with MLflow,
-scikit-learn, skops and matplotlib already imported instead of importing them for ~5 s. The import list lives in
+scikit-learn, skops and matplotlib already imported instead of importing them on every run. The import list lives in
 scheduler.py only (importing it runs those imports; its own `main` runs only as a script).
 
 Usage: python worker.py [airflow celery worker options]   (the airflow-worker service's command)

@@ -20,13 +20,12 @@ from typing import Any
 
 import psutil
 
+from stackclient import Airflow, AirflowError, http
+from stackenv import read_env_file, wait_for
+
+__all__ = ["Airflow", "AirflowError", "http", "wait_for"]  # the parts take the project's client and wait from here
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(ROOT / "scripts"))
-from demo import Airflow, http  # noqa: E402  (the project's own REST client)
-from stackenv import read_env_file, wait_for  # noqa: E402
-
-__all__ = ["Airflow", "http", "wait_for"]
 PROJECT = "mlopsbench"
 IMAGES = {"airflow": f"{PROJECT}-airflow:latest", "mlflow": f"{PROJECT}-mlflow:latest"}
 DAG_ID = "mlops_pipeline"
@@ -206,12 +205,12 @@ class Stack:
         return int(self.run("docker", "inspect", "-f", "{{.State.Pid}}", self.container(service)).stdout)
 
     def airflow(self) -> Airflow:
-        """scripts/demo.py's client, logged in as the admin of this stack's .env."""
+        """The project's Airflow client (scripts/stackclient.py), logged in as the admin of this stack's .env."""
         try:
             return Airflow(
                 self.airflow_url, self.cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", self.cfg["AIRFLOW_ADMIN_PASSWORD"]
             )
-        except SystemExit as exc:
+        except AirflowError as exc:
             raise BenchError(str(exc)) from None
 
     def down(self) -> None:

@@ -1,6 +1,7 @@
 """make bench: the performance targets, each against a reference measured in the same run.
 
-Usage: python benchmarks/run.py [--parts serving-compose,...] [--runs 3] [--seconds 3] [--no-build]
+Usage: PYTHONPATH=scripts python benchmarks/run.py [--parts serving-compose,...] [--runs 3] [--seconds 3] [--no-build]
+(`make bench` sets PYTHONPATH: the benchmarks use the project's client, scripts/stackclient.py.)
 Writes benchmarks/results.md, benchmarks/results.json and the PNG plots beside them (nothing outside benchmarks/).
 The compose parts share one `mlopsbench` stack: cold starts first (each on fresh volumes, memory measured idle
 after its DAG run), then serving, training and recovery on the last of them; `down -v` at the end.
@@ -23,11 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compose_parts  # noqa: E402
-import report  # noqa: E402
-import serving  # noqa: E402
-from common import BENCH, BenchError, Stack, log, machine  # noqa: E402
+import compose_parts
+import report
+import serving
+from common import BENCH, AirflowError, BenchError, Stack, log, machine
 
 PARTS = ("serving-compose", "serving-vs-training", "serving-local", "training", "cold-start", "memory", "recovery")
 # the order they run in
@@ -82,10 +82,8 @@ class Results(dict):
         started = time.monotonic()
         try:
             return measure()
-        except (Exception, SystemExit) as exc:  # one part's failure must not lose the others' figures
-            if isinstance(exc, SystemExit) and not isinstance(exc.code, str):
-                raise  # SIGTERM (an exit code), not demo.py's client giving up (a message)
-            why = str(exc) if isinstance(exc, BenchError | SystemExit) else f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # one part's failure must not lose the others' figures (SIGTERM still ends it)
+            why = str(exc) if isinstance(exc, BenchError | AirflowError) else f"{type(exc).__name__}: {exc}"
             self["skipped"][part] = why.strip()[:1500]
             log(f"{part}: NOT MEASURED: {exc}")
             return None

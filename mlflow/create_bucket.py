@@ -5,14 +5,15 @@ Usage: python create_bucket.py      (settings come from the environment)
   MLFLOW_S3_ENDPOINT_URL                      the S3 endpoint (e.g. http://seaweedfs:8333)
   S3_BUCKET                                   the bucket to create
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY    the keys (boto3's standard variables)
-  CREATE_BUCKET_TIMEOUT                       seconds to wait for the endpoint (default 120)
+
+It does not wait for the endpoint: compose starts it once seaweedfs is healthy (`depends_on: service_healthy`).
+botocore's standard retry mode covers what a store that has just started may still answer (5xx, throttling).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 import boto3
 from botocore.config import Config
@@ -21,34 +22,27 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 def main() -> int:
     endpoint, bucket = os.environ["MLFLOW_S3_ENDPOINT_URL"], os.environ["S3_BUCKET"]
-    s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(retries={"max_attempts": 2}, connect_timeout=5))
-    deadline = time.monotonic() + float(os.environ.get("CREATE_BUCKET_TIMEOUT", "120"))
-    while True:
-        try:
-            s3.head_bucket(Bucket=bucket)
-            print(f"create-bucket: s3://{bucket} exists at {endpoint}")
-            return 0
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status in (401, 403):  # wrong keys: waiting does not help
-                print(f"create-bucket: {endpoint} refused the keys (HTTP {status}): {exc}", file=sys.stderr)
-                return 1
-            if status == 404:
-                try:
-                    s3.create_bucket(Bucket=bucket)
-                except ClientError as create_exc:  # e.g. the store is not ready to allocate yet
-                    error = create_exc
-                else:
-                    print(f"create-bucket: created s3://{bucket} at {endpoint}")
-                    return 0
-            else:
-                error = exc
-        except BotoCoreError as exc:  # not reachable yet
-            error = exc
-        if time.monotonic() > deadline:
-            print(f"create-bucket: gave up on {endpoint}: {error}", file=sys.stderr)
+    retries = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5)
+    s3 = boto3.client("s3", endpoint_url=endpoint, config=retries)
+    try:
+        s3.head_bucket(Bucket=bucket)
+        print(f"create-bucket: s3://{bucket} exists at {endpoint}")
+        return 0
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status != 404:  # 401/403: wrong keys; anything else: the store is not well
+            print(f"create-bucket: {endpoint} answered HTTP {status} for s3://{bucket}: {exc}", file=sys.stderr)
             return 1
-        time.sleep(2)
+    except BotoCoreError as exc:
+        print(f"create-bucket: cannot reach {endpoint}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as exc:
+        print(f"create-bucket: could not create s3://{bucket} at {endpoint}: {exc}", file=sys.stderr)
+        return 1
+    print(f"create-bucket: created s3://{bucket} at {endpoint}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ if [ ! -d "$data" ] || [ ! -w "$data" ]; then
 fi
 mkdir -p "$data/artifacts"
 
-# The background job runner (for MLflow's GenAI jobs) is unused here and costs ~10 processes.
+# The background job runner (for MLflow's GenAI jobs) is unused here and costs a set of processes.
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 auth_args=()
@@ -60,7 +60,7 @@ INI
   *) echo "tracking-server: MLFLOW_AUTH must be true or false, got '${MLFLOW_AUTH}'" >&2; exit 2 ;;
 esac
 
-# MLflow's documented CLI. It starts uvicorn as a child and waits for it (that parent costs ~150 MB).
+# MLflow's documented CLI. It starts uvicorn as a child and waits for it (that parent costs memory too).
 exec mlflow server \
   --backend-store-uri "${MLFLOW_BACKEND_STORE_URI:-sqlite:///$data/mlflow.db}" \
   --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-$data/artifacts}" \

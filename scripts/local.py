@@ -21,13 +21,12 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stackenv import ROOT, SettingsError, compose_services, settings, wait_for  # noqa: E402
+from stackenv import COMPOSE_CORE, ROOT, SettingsError, compose_services, settings, wait_for
 
 ENV_FILE = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
 STATE = Path(os.environ.get("LOCAL_STATE_DIR", ROOT / ".local")).resolve()
 VENV_BIN = Path(sys.executable).parent
-LONG_RUNNING = ["mlflow-server", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor", "model-server"]
+LONG_RUNNING = [*COMPOSE_CORE, "model-server"]
 AIRFLOW_SERVICES = {"airflow-init", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor"}
 # Where the images keep the scripts, and where they are in this checkout.
 PATH_MAP = {"/opt/airflow/bin/": ROOT / "airflow", "/opt/mlflow/bin/": ROOT / "mlflow"}
@@ -50,6 +49,7 @@ def local_overrides(service: str, cfg: dict[str, str]) -> dict[str, str]:
         return {
             "AIRFLOW_HOME": str(STATE / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow" / "dags"),
+            "PYTHONPATH": str(ROOT / "airflow" / "models"),  # the image's PYTHONPATH: the DAG imports train_model
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{STATE}/airflow/airflow.db",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{p['airflow']}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -77,7 +77,7 @@ def command_and_env(service: str) -> tuple[list[str], dict[str, str]]:
         command = [str(ROOT / "airflow" / "entrypoint.sh"), *command]
     env = {**os.environ, **{k: str(v) for k, v in (spec.get("environment") or {}).items()}}
     env.update(local_overrides(service, cfg))
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # `mlflow models serve` needs uvicorn on PATH
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # the scripts exec the venv's servers by name
     env.setdefault("PYTHONUNBUFFERED", "1")
     return command, env
 

@@ -1,8 +1,10 @@
 """Create .env from .env.example with fresh secrets; never overwrite an existing .env.
 
 Usage: python scripts/make_env.py [--env-file .env] [--example .env.example] [--set KEY=VALUE ...] [--add-missing]
+       python scripts/make_env.py --list-keys
   --add-missing   when .env exists: append fresh values for the secrets it lacks (an .env made before the
                   scale-out variant gains that variant's secrets; `make scale-env`); every existing line stays
+  --list-keys     print the keys it generates (clean_disk.sh gives each a placeholder)
 Needs only the standard library (cryptography is used for the Fernet key when it is installed).
 """
 
@@ -16,6 +18,7 @@ import secrets
 import string
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,23 +33,43 @@ def fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
+def access_key_id() -> str:
+    """An S3 access key ID looks like AWS's (20 characters); it names the key, the secret is the secret."""
+    return "AK" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(18))
+
+
+def hex_secret(size: int) -> Callable[[], str]:
+    """Hex: safe in URLs and never starting with "-", which a command line (redis-server --requirepass) could take
+    for an option."""
+    return lambda: secrets.token_hex(size)
+
+
+def url_secret(size: int) -> Callable[[], str]:
+    return lambda: secrets.token_urlsafe(size)
+
+
+# Every key `make env` generates, with how. The one list of them: tests, clean_disk.sh (--list-keys) and the
+# leak checks read it from here.
+GENERATED: dict[str, Callable[[], str]] = {
+    "FERNET_KEY": fernet_key,
+    "AIRFLOW_JWT_SECRET": url_secret(48),
+    "AIRFLOW_SECRET_KEY": url_secret(48),
+    "AIRFLOW_ADMIN_PASSWORD": url_secret(18),
+    "MLFLOW_TRACKING_PASSWORD": url_secret(18),
+    # The scale-out variant's (docker-compose.scale.yml).
+    "POSTGRES_PASSWORD": hex_secret(24),
+    "AIRFLOW_DB_PASSWORD": hex_secret(24),
+    "MLFLOW_DB_PASSWORD": hex_secret(24),
+    "REDIS_PASSWORD": hex_secret(24),
+    "S3_ACCESS_KEY_ID": access_key_id,
+    "S3_SECRET_ACCESS_KEY": hex_secret(20),
+}
+# The generated keys that are secrets (they must never leak); an access key ID only names its key.
+SECRET_KEYS = tuple(key for key in GENERATED if key != "S3_ACCESS_KEY_ID")
+
+
 def generated_secrets() -> dict[str, str]:
-    return {
-        "FERNET_KEY": fernet_key(),
-        "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(48),
-        "AIRFLOW_SECRET_KEY": secrets.token_urlsafe(48),
-        "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-        "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18),
-        # The scale-out variant's (docker-compose.scale.yml). Hex: safe in URLs and never starting with "-", which
-        # a command line (redis-server --requirepass) could take for an option.
-        "POSTGRES_PASSWORD": secrets.token_hex(24),
-        "AIRFLOW_DB_PASSWORD": secrets.token_hex(24),
-        "MLFLOW_DB_PASSWORD": secrets.token_hex(24),
-        "REDIS_PASSWORD": secrets.token_hex(24),
-        # An S3 access key ID looks like AWS's (20 characters); it names the key, the secret is the secret.
-        "S3_ACCESS_KEY_ID": "AK" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(18)),
-        "S3_SECRET_ACCESS_KEY": secrets.token_hex(20),
-    }
+    return {key: generate() for key, generate in GENERATED.items()}
 
 
 def render(example: str, values: dict[str, str]) -> str:
@@ -115,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--example", type=Path, default=ROOT / ".env.example")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value")
     parser.add_argument("--add-missing", action="store_true", help="add the secrets an existing .env lacks")
+    parser.add_argument("--list-keys", action="store_true", help="print the generated keys; write nothing")
     args = parser.parse_args(argv)
+    if args.list_keys:
+        print("\n".join(GENERATED))
+        return 0
 
     values = generated_secrets()
     for item in args.set:

@@ -20,6 +20,9 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, retry_if_res
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# The default stack's long-running services except model-server, which stays unhealthy until a model exists:
+# what `up --wait` waits for.
+COMPOSE_CORE = ["mlflow-server", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor"]
 T = TypeVar("T")
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, $NAME and $$ (a literal $).

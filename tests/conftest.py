@@ -20,25 +20,17 @@ from pathlib import Path
 import pytest
 import requests
 
+from shim_warnings import AIRFLOW_SHIM_WARNING
+from stackclient import Airflow
+from stackenv import read_env_file, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
-# The .env keys that hold secrets (make env generates them; they must never leak).
-SECRET_KEYS = (
-    "FERNET_KEY",
-    "AIRFLOW_JWT_SECRET",
-    "AIRFLOW_SECRET_KEY",
-    "AIRFLOW_ADMIN_PASSWORD",
-    "MLFLOW_TRACKING_PASSWORD",
-    # The scale-out variant's (docker-compose.scale.yml).
-    "POSTGRES_PASSWORD",
-    "AIRFLOW_DB_PASSWORD",
-    "MLFLOW_DB_PASSWORD",
-    "REDIS_PASSWORD",
-    "S3_SECRET_ACCESS_KEY",
-)
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "airflow" / "models"))
-sys.path.insert(0, str(ROOT / "mlflow"))  # serve.py (the folder is not the mlflow package)
-from stackenv import wait_for  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The project's one filter for skops' probe of Airflow's deprecated shims, as a pytest filter (pytest resets
+    Python's filters around each test)."""
+    config.addinivalue_line("filterwarnings", f"ignore:{AIRFLOW_SHIM_WARNING}")
 
 
 def free_port() -> int:
@@ -58,19 +50,36 @@ def wait_until_up(url: str, timeout: float = 120, proc: subprocess.Popen | None 
     wait_for(url, up, timeout)
 
 
-def require_docker_engine() -> None:
-    """Skip the calling module or test when no Docker engine with Compose v2 answers; with REQUIRE_DOCKER=1 (CI)
-    fail instead: there the compose suites must run."""
+def compose_v2_available() -> bool:
+    """The Compose v2 binary answers (no engine needed: `docker compose config` works without one)."""
+    return shutil.which("docker") is not None and (
+        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    )
 
-    def answers(*command: str) -> bool:
-        return shutil.which("docker") is not None and subprocess.run(command, capture_output=True).returncode == 0
 
-    if answers("docker", "info") and answers("docker", "compose", "version"):
-        return
+def _skip_or_fail(missing: str) -> None:
+    """Skip without `missing`; with REQUIRE_DOCKER=1 (CI) fail instead: there the compose tests must run."""
     if os.environ.get("REQUIRE_DOCKER") == "1":
-        pytest.fail("REQUIRE_DOCKER=1 but no Docker engine with Compose v2 answers (run tests/engine.sh up)")
-    reason = "no Docker engine with Compose v2 answers; REQUIRE_DOCKER=1 makes this a failure"
-    pytest.skip(reason, allow_module_level=True)
+        pytest.fail(f"REQUIRE_DOCKER=1 but {missing} (run tests/engine.sh up)")
+    pytest.skip(f"{missing}; REQUIRE_DOCKER=1 makes this a failure", allow_module_level=True)
+
+
+def require_compose() -> None:
+    """In a test, fixture or module: skip (or fail, REQUIRE_DOCKER=1) unless the Compose v2 binary answers."""
+    if not compose_v2_available():
+        _skip_or_fail("Compose v2 is not installed")
+
+
+def require_docker_engine() -> None:
+    """Skip the calling module or test unless a Docker engine with Compose v2 answers (REQUIRE_DOCKER=1: fail)."""
+    if not compose_v2_available() or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        _skip_or_fail("no Docker engine with Compose v2 answers")
+
+
+@pytest.fixture
+def compose_v2() -> None:
+    """For tests that run `docker compose config`: `@pytest.mark.usefixtures("compose_v2")`."""
+    require_compose()
 
 
 def stack_env(**extra: str) -> dict[str, str]:
@@ -97,6 +106,7 @@ class ComposeProject:
     def __init__(self, workdir: Path, project: str, compose_files: tuple[str, ...] = ("docker-compose.yml",)) -> None:
         self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
         self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
+        self.cfg = read_env_file(self.env_file)
         self.env = stack_env(
             COMPOSE_PROJECT_NAME=project,
             COMPOSE_FILE=os.pathsep.join(str(ROOT / name) for name in compose_files),
@@ -140,6 +150,25 @@ class ComposeProject:
         out = self.compose("ps", "-a", "--format", "json").stdout
         rows = [json.loads(line) for line in out.splitlines() if line.strip()]
         return rows[0] if len(rows) == 1 and isinstance(rows[0], list) else rows
+
+    def wait_healthy(self, services: list[str], timeout: float = 240) -> float:
+        """Until every container of these services is healthy (each replica counts); returns the seconds it took.
+        On timeout an AssertionError with the services' last log lines."""
+        started = time.monotonic()
+
+        def healthy() -> bool:
+            rows = [row for row in self.containers() if row["Service"] in services]
+            return {row["Service"] for row in rows} == set(services) and all(r["Health"] == "healthy" for r in rows)
+
+        try:
+            wait_for(f"{services} to be healthy", healthy, timeout, interval=2)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.compose('logs', '--tail', '40').stdout}") from None
+        return time.monotonic() - started
+
+    def airflow(self) -> Airflow:
+        """The project's Airflow client, logged in as this stack's admin."""
+        return Airflow(self.airflow_url, self.cfg["AIRFLOW_ADMIN_USERNAME"], self.cfg["AIRFLOW_ADMIN_PASSWORD"])
 
 
 @contextmanager

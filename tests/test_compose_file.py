@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from conftest import ROOT, SECRET_KEYS, make_env_file
+from conftest import ROOT, make_env_file, require_compose
+from make_env import SECRET_KEYS
 
 COMPOSE = ROOT / "docker-compose.yml"
 LONG_RUNNING = {"mlflow-server", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor", "model-server"}
 ONE_SHOT = {"volume-init", "airflow-init"}
 
 
-def compose_v2_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-
-
-needs_compose = pytest.mark.skipif(
-    not compose_v2_available() and os.environ.get("REQUIRE_DOCKER") != "1",
-    reason="Compose v2 is not installed (tests/engine.sh up installs it)",
-)
+needs_compose = pytest.mark.usefixtures("compose_v2")
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +28,7 @@ def spec() -> dict:
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`docker compose config` output for a fresh .env, i.e. what Compose will really run."""
-    if not compose_v2_available():
-        pytest.skip("Compose v2 is not installed") if os.environ.get("REQUIRE_DOCKER") != "1" else pytest.fail(
-            "REQUIRE_DOCKER=1 but `docker compose` is unavailable"
-        )
+    require_compose()
     env_file = make_env_file(tmp_path_factory.mktemp("env") / ".env")
     out = subprocess.run(
         ["docker", "compose", "--env-file", str(env_file), "-f", str(COMPOSE), "config", "--format", "json"],

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from conftest import ROOT, SECRET_KEYS, make_env_file
+from conftest import ROOT, make_env_file, require_compose
+from make_env import SECRET_KEYS
 
 BASE = ROOT / "docker-compose.yml"
 SCALE = ROOT / "docker-compose.scale.yml"
@@ -30,12 +30,6 @@ LONG_RUNNING = {
 SCALE_SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "REDIS_PASSWORD")
 
 
-def compose_v2_available() -> bool:
-    return shutil.which("docker") is not None and (
-        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-    )
-
-
 def compose(env_file: os.PathLike, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = ["docker", "compose", "--env-file", str(env_file), "-f", str(BASE), "-f", str(SCALE), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -44,10 +38,7 @@ def compose(env_file: os.PathLike, *args: str, env: dict[str, str] | None = None
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`docker compose config` of both files for a fresh .env (Flower's profile on), i.e. what Compose runs."""
-    if not compose_v2_available():
-        if os.environ.get("REQUIRE_DOCKER") == "1":
-            pytest.fail("REQUIRE_DOCKER=1 but `docker compose` is unavailable")
-        pytest.skip("Compose v2 is not installed (tests/engine.sh up installs it)")
+    require_compose()
     env_file = make_env_file(tmp_path_factory.mktemp("env") / ".env")
     result = compose(env_file, "--profile", "flower", "config", "--format", "json")
     assert result.returncode == 0, result.stderr

@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, SECRET_KEYS, make_env_file
+from conftest import ROOT, make_env_file
+from make_env import SECRET_KEYS
 from stackenv import read_env_file
-
-SECRETS = SECRET_KEYS
 
 
 def test_creates_env_with_fresh_secrets_and_every_key(tmp_path) -> None:  # noqa: ANN001
@@ -16,7 +15,7 @@ def test_creates_env_with_fresh_secrets_and_every_key(tmp_path) -> None:  # noqa
     b = read_env_file(make_env_file(tmp_path / "b.env"))
     example = read_env_file(ROOT / ".env.example")
     assert set(a) == set(example)
-    for key in SECRETS:
+    for key in SECRET_KEYS:
         assert a[key] not in ("", "changeme") and a[key] != b[key]
     assert a["AIRFLOW_ADMIN_USERNAME"] == "admin"
     from cryptography.fernet import Fernet
@@ -42,7 +41,7 @@ def test_prints_the_password_once_and_never_overwrites(tmp_path) -> None:  # noq
 
 def test_example_holds_only_placeholders() -> None:
     example = read_env_file(ROOT / ".env.example")
-    for key in SECRETS:
+    for key in SECRET_KEYS:
         assert example[key] == "changeme"
 
 

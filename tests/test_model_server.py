@@ -24,7 +24,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from starlette.testclient import TestClient
-from test_predictors import shifted_roots
 
 import predictors
 import serve
@@ -37,6 +36,7 @@ from conftest import (
     service,
     wait_for,
 )
+from test_predictors import shifted_roots
 
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 MODEL_SERVER = ROOT / "mlflow" / "model-server.sh"

@@ -1,6 +1,6 @@
 """A bounded load test of the model-server (mlflow/serve.py via mlflow/model-server.sh), on 127.0.0.1 only.
 
-1. Warm-up (3 s, 8 connections: every executor thread of the server starts), then the maximum throughput for
+1. Warm-up (3 s, 8 connections: every worker of the server has answered), then the maximum throughput for
    single-row requests: 10 s closed loop on 4 keep-alive connections.
 2. 60 s open loop at 80% of that rate: requests leave on a fixed schedule whatever the answers do, and each
    latency is measured from its scheduled time, so a slow server cannot hide behind a slow client

@@ -84,6 +84,11 @@ def test_registering_the_same_run_again_makes_no_duplicate(tracking_server: str,
     assert [v.version for v in versions] == [first["version"]]
 
 
+@pytest.mark.parametrize(("raw", "floor"), [("0", 0.0), ("0.9", 0.9), ("1.01", 1.01), ("1.5", 1.5)])
+def test_min_accuracy_takes_an_accuracy_or_a_floor_nothing_passes(raw: str, floor: float) -> None:
+    assert train_model.min_accuracy_from_env({"MIN_ACCURACY": raw}) == floor
+
+
 @pytest.mark.parametrize("raw", ["abc", "-0.1", "nan", "2"])
 def test_bad_min_accuracy_names_the_setting(raw: str) -> None:
     with pytest.raises(train_model.ConfigError, match="MIN_ACCURACY"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 
 import mlflow
@@ -67,6 +68,8 @@ def test_unreachable_tracking_server_fails_fast_naming_the_setting() -> None:
 
 
 def test_pip_requirements_pin_the_installed_versions() -> None:
-    reqs = train_model.pip_requirements()
-    assert any(r.startswith("scikit-learn==") for r in reqs)
-    assert all("==" in r for r in reqs)
+    """The served model needs MLflow, scikit-learn, skops and numpy at exactly the versions that trained it."""
+    pinned = dict(r.split("==", 1) for r in train_model.pip_requirements())
+    assert set(pinned) == {"mlflow", "scikit-learn", "skops", "numpy"}
+    for package, pin in pinned.items():
+        assert pin == importlib.metadata.version(package), package

@@ -9,21 +9,15 @@ REGISTERED_MODEL_NAME, MIN_ACCURACY.
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType
 
 from airflow.sdk import dag, task
 
-# dags/ and models/ sit side by side, in the repository and in the containers (/opt/airflow/...).
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
 
 def training() -> ModuleType:
-    """Import train_model (and with it mlflow and sklearn) only when a task runs."""
-    if str(MODELS_DIR) not in sys.path:
-        sys.path.insert(0, str(MODELS_DIR))
+    """Import train_model (and with it mlflow and sklearn) only when a task runs. airflow/models is on
+    PYTHONPATH: the image sets it, local mode (scripts/local.py) and pytest (pyproject.toml) likewise."""
     import train_model
 
     return train_model

@@ -11,24 +11,23 @@ import logging
 import os
 import re
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING
+
+from shim_warnings import ignore_airflow_shim_warnings
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the DAG file imports this lazily
     import numpy as np
     from sklearn.ensemble import RandomForestClassifier
 
 log = logging.getLogger(__name__)
-# skops, on import, searches every loaded module for each scipy ufunc; inside an Airflow task that touches
-# Airflow's deprecated shims (both message forms below), ~230 warnings per task. This keeps the task log
-# readable and skips the logging of each; the search itself (~1-3 s per task) remains (benchmarks/results.md).
-warnings.filterwarnings("ignore", message=r"The `airflow\.[^`]*` (attribute )?is deprecated")
+ignore_airflow_shim_warnings()  # inside an Airflow task skops would log a warning per shim it probes
 
 DEFAULT_EXPERIMENT = "mlops_pipeline"
 DEFAULT_MODEL_NAME = "iris-classifier"
 CHAMPION = "champion"  # the registry alias the model-server follows
+NEVER_PROMOTE = 1.5  # the highest MIN_ACCURACY accepted: above 1 no model passes
 MODEL_ARTIFACT = "model"  # the original tutorial serves runs:/<run_id>/model
 CLASS_NAMES = ("setosa", "versicolor", "virginica")
 # skops refuses to load anything it does not know; a forest is made of these trees (MLflow 3 default
@@ -75,14 +74,16 @@ def config_from_env(env: os._Environ[str] | dict[str, str] | None = None) -> Tra
 
 
 def min_accuracy_from_env(env: os._Environ[str] | dict[str, str] | None = None) -> float:
-    """MIN_ACCURACY: the quality gate's floor (0 to 1; above 1 means never promote)."""
+    """MIN_ACCURACY: the quality gate's floor, an accuracy from 0 to 1; up to NEVER_PROMOTE, a value above 1
+    refuses every model (docs/registry-and-serving.md). Anything else is a typo, refused by name."""
     raw = (os.environ if env is None else env).get("MIN_ACCURACY") or "0.9"
+    problem = f"MIN_ACCURACY must be a number from 0 to 1 (or up to {NEVER_PROMOTE}: promote nothing), got {raw!r}"
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"MIN_ACCURACY must be a number between 0 and 1, got {raw!r}") from None
-    if not 0 <= value <= 1.5 or value != value:
-        raise ConfigError(f"MIN_ACCURACY must be a number between 0 and 1, got {raw!r}")
+        raise ConfigError(problem) from None
+    if not 0 <= value <= NEVER_PROMOTE:  # NaN fails every comparison
+        raise ConfigError(problem)
     return value
 
 
@@ -185,7 +186,8 @@ def check_tracking_server(tracking_uri: str, timeout: float = 5.0) -> None:
 
 
 def pip_requirements() -> list[str]:
-    """Explicit requirements: letting MLflow infer them costs ~9 s per run. The Airflow image has only
+    """Explicit requirements: letting MLflow infer them starts a slow environment probe on every run
+    (benchmarks/results.md). The Airflow image has only
     mlflow-skinny (the client); the model needs MLflow itself to be served, at the same version."""
     import mlflow
 

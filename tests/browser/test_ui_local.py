@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port, make_env_file, stack_env
-from stackenv import read_env_file  # scripts/, on sys.path through conftest
+from stackenv import read_env_file
 from ui_flow import require_chromium, run_ui_flow
 
 pytestmark = [pytest.mark.local, pytest.mark.browser]

@@ -8,6 +8,7 @@ A screenshot is saved at every step.
 Everything a user does happens in the browser. The REST API is only read: the run's state (to know when to stop
 watching), its task states (progress screenshots, failure message) and the `train` task's XCom (which MLflow run
 to look for). The one write, optional, is test setup: `pause_first=True` pauses the DAG so the toggle gets clicked.
+The REST calls go through the project's client (scripts/stackclient.py), every wait through stackenv.wait_for.
 
 Usable from any suite (local mode, compose):
 
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import requests
+from stackclient import Airflow, AirflowError
+from stackenv import wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -85,55 +87,6 @@ def require_chromium() -> None:
     if os.environ.get("REQUIRE_BROWSER") == "1":
         pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
     pytest.skip(reason)
-
-
-class _AirflowReader:
-    """Calls to Airflow's REST API (/api/v2) with a JWT from /auth/token: reads, plus the optional pause."""
-
-    def __init__(self, base_url: str, username: str, password: str) -> None:
-        self.base = base_url.rstrip("/")
-        answer = requests.post(f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=30)
-        if answer.status_code >= 300:
-            raise UIFlowError(f"Airflow's /auth/token refused '{username}': HTTP {answer.status_code} {answer.text}")
-        self.headers = {"Authorization": f"Bearer {answer.json()['access_token']}"}
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(f"{self.base}/api/v2{path}", headers=self.headers, timeout=30)
-
-    def pause(self, dag_id: str, timeout: float) -> None:
-        """Test setup only (pause_first): wait until the DAG is parsed, then pause it."""
-        deadline = time.monotonic() + timeout
-        while self.get(f"/dags/{dag_id}").status_code != 200:
-            if time.monotonic() > deadline:
-                raise UIFlowError(f"Airflow does not know the DAG {dag_id} after {timeout:.0f} s")
-            time.sleep(POLL_SECONDS)
-        answer = requests.patch(
-            f"{self.base}/api/v2/dags/{dag_id}", json={"is_paused": True}, headers=self.headers, timeout=30
-        )
-        if answer.status_code != 200 or not answer.json().get("is_paused"):
-            raise UIFlowError(f"could not pause {dag_id} for the test: HTTP {answer.status_code} {answer.text}")
-
-    def run_path(self, dag_id: str, dag_run_id: str) -> str:
-        return f"/dags/{dag_id}/dagRuns/{quote(dag_run_id, safe='')}"
-
-    def dag_run(self, dag_id: str, dag_run_id: str) -> dict:
-        answer = self.get(self.run_path(dag_id, dag_run_id))
-        answer.raise_for_status()
-        return answer.json()
-
-    def task_states(self, dag_id: str, dag_run_id: str) -> dict[str, str | None]:
-        answer = self.get(f"{self.run_path(dag_id, dag_run_id)}/taskInstances")
-        answer.raise_for_status()
-        return {ti["task_id"]: ti["state"] for ti in answer.json()["task_instances"]}
-
-    def xcom(self, dag_id: str, dag_run_id: str, task_id: str) -> object:
-        answer = self.get(f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/xcomEntries/return_value")
-        if answer.status_code != 200:
-            raise UIFlowError(
-                f"no return value (XCom) of task {task_id} in {dag_id} run {dag_run_id}: "
-                f"HTTP {answer.status_code} {answer.text}"
-            )
-        return answer.json()["value"]
 
 
 def mlflow_run_id_from(value: object) -> str:
@@ -208,16 +161,20 @@ def _airflow_open_dag(flow: _Flow, airflow_url: str, dag_id: str, timeout: float
     page = flow.page
     if not page.url.rstrip("/").endswith(f"/dags/{dag_id}"):
         page.goto(f"{airflow_url}/dags/{dag_id}")
-    deadline = time.monotonic() + timeout
     toggle = page.get_by_test_id("toggle-pause")
-    while True:
+
+    def shown() -> bool:
         try:
             toggle.wait_for(state="visible", timeout=30_000)
-            break
         except Exception:
-            if time.monotonic() > deadline:
-                raise UIFlowError(f"the Airflow UI does not show the DAG {dag_id} after {timeout:.0f} s") from None
             page.reload()
+            return False
+        return True
+
+    try:
+        wait_for(f"the Airflow UI to show the DAG {dag_id}", shown, timeout, interval=0)
+    except TimeoutError as exc:
+        raise UIFlowError(str(exc)) from None
     page.get_by_test_id("trigger-dag-button").wait_for(state="visible")
     flow.shot("airflow-dag")
 
@@ -231,13 +188,18 @@ def _airflow_unpause(flow: _Flow) -> bool:
     toggle.click()
     # With [webserver] require_confirmation_dag_change the UI asks first.
     dialog = page.get_by_role("dialog")
-    deadline = time.monotonic() + ACTION_TIMEOUT_MS / 1000
-    while toggle.get_attribute("data-state") != "checked":
+
+    def unpaused() -> bool:
+        if toggle.get_attribute("data-state") == "checked":
+            return True
         if dialog.count() and dialog.first.is_visible():
             dialog.first.get_by_role("button", name=re.compile("confirm|unpause|yes", re.I)).first.click()
-        if time.monotonic() > deadline:
-            raise UIFlowError("the DAG is still paused after clicking its toggle")
-        time.sleep(0.5)
+        return False
+
+    try:
+        wait_for("the DAG's toggle to show it unpaused", unpaused, ACTION_TIMEOUT_MS / 1000, interval=0.5)
+    except TimeoutError as exc:
+        raise UIFlowError(f"the DAG is still paused after clicking its toggle: {exc}") from None
     flow.shot("airflow-dag-unpaused")
     return True
 
@@ -268,7 +230,7 @@ def _text(locator: Locator) -> str:
 
 
 def _airflow_watch_run(
-    flow: _Flow, api: _AirflowReader, airflow_url: str, dag_id: str, dag_run_id: str, timeout: float
+    flow: _Flow, api: Airflow, airflow_url: str, dag_id: str, dag_run_id: str, timeout: float
 ) -> tuple[str, dict[str, str | None]]:
     """Watch the run's page until the run is over; the REST API says when, the UI must agree.
 
@@ -283,24 +245,29 @@ def _airflow_watch_run(
         page.goto(f"{airflow_url}/dags/{dag_id}/runs/{quote(dag_run_id, safe='')}")
     badge = page.get_by_test_id("header-card").get_by_test_id("state-badge")
     badge.wait_for(state="visible")
-    started, seen, state = time.monotonic(), set(), "queued"
-    while True:
+    seen: set[str] = set()
+
+    def finished() -> str | None:
+        """The final state once the API reports it; meanwhile a screenshot of each new state and running task.
+        A busy api-server (no answer, or an error status) counts as "not yet": the deadline still holds."""
         try:
             state = api.dag_run(dag_id, dag_run_id)["state"]
+            if state in ("success", "failed"):
+                return state
             running = sorted(t for t, s in api.task_states(dag_id, dag_run_id).items() if s == "running")
-        except requests.RequestException:  # a busy api-server; the deadline still holds
-            running = []
-        if state in ("success", "failed"):
-            break
+        except AirflowError:
+            return None
         shown = _text(badge).lower()
         for label in ([shown] if shown else []) + [f"{task}-running" for task in running]:
             if label not in seen:
                 seen.add(label)
                 flow.shot(f"airflow-run-{re.sub(r'[^a-z0-9]+', '-', label.lower())}")
-        if time.monotonic() - started > timeout:
-            tasks = api.task_states(dag_id, dag_run_id)
-            raise UIFlowError(f"{dag_id} run {dag_run_id} still {state} after {timeout:.0f} s; tasks: {tasks}")
-        time.sleep(POLL_SECONDS)
+        return None
+
+    try:
+        state = wait_for(f"{dag_id} run {dag_run_id} to finish", finished, timeout, interval=POLL_SECONDS)
+    except TimeoutError as exc:
+        raise UIFlowError(f"{exc}; tasks: {api.task_states(dag_id, dag_run_id)}") from None
 
     # The page refreshes itself while the run is active; give it time to show the end, then reload once.
     want = re.compile(rf"^\s*{state}\s*$", re.I)
@@ -406,9 +373,10 @@ def run_ui_flow(
     shots.mkdir(parents=True, exist_ok=True)
     for old in shots.glob("*.png"):
         old.unlink()
-    api = _AirflowReader(airflow_url, username, password)
-    if pause_first:
-        api.pause(dag_id, dag_timeout)
+    api = Airflow(airflow_url, username, password)
+    if pause_first:  # test setup only: once the DAG is parsed, pause it
+        api.wait_for_dag(dag_id, dag_timeout)
+        api.set_paused(dag_id, True)
     started = time.monotonic()
 
     with sync_playwright() as pw:

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, SECRET_KEYS, ComposeProject, require_docker_engine, wait_for
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from demo import Airflow  # noqa: E402
-from stackenv import read_env_file  # noqa: E402
+from conftest import ROOT, ComposeProject, require_docker_engine
+from make_env import SECRET_KEYS
+from stackclient import Airflow
+from stackenv import read_env_file, wait_for
 
 pytestmark = pytest.mark.compose
 PROJECT = "mlopsscale"
@@ -46,7 +45,6 @@ class ScaleStack(ComposeProject):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, PROJECT, ("docker-compose.yml", "docker-compose.scale.yml"))
-        self.cfg = read_env_file(self.env_file)
         self.images = [f"{PROJECT}-airflow:latest-scale", f"{PROJECT}-mlflow:latest-scale"]
         self.dag_runs: list[str] = []  # successful DAG runs so far, in order
         self.started = 0.0
@@ -60,23 +58,6 @@ class ScaleStack(ComposeProject):
 
     def names(self, service: str) -> list[str]:
         return sorted(row["Name"] for row in self.containers() if row["Service"] == service)
-
-    def wait_healthy(self, services: list[str], timeout: float = 240) -> float:
-        """Until every container of these services is healthy (both workers count)."""
-        started = time.monotonic()
-
-        def healthy() -> bool:
-            rows = [row for row in self.containers() if row["Service"] in services]
-            return {row["Service"] for row in rows} == set(services) and all(r["Health"] == "healthy" for r in rows)
-
-        try:
-            wait_for(f"{services} to be healthy", healthy, timeout, interval=2)
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{self.compose('logs', '--tail', '30').stdout}") from None
-        return time.monotonic() - started
-
-    def airflow(self) -> Airflow:
-        return Airflow(self.airflow_url, self.cfg["AIRFLOW_ADMIN_USERNAME"], self.cfg["AIRFLOW_ADMIN_PASSWORD"])
 
     def run_dag(self) -> str:
         airflow = self.airflow()
@@ -140,7 +121,7 @@ class ScaleStack(ComposeProject):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     s = ScaleStack(tmp_path_factory.mktemp("scale"))
-    with s.lifetime(RESULTS, stop_timeout=5):  # SeaweedFS takes 20-30 s to stop on SIGTERM; the data is thrown away
+    with s.lifetime(RESULTS, stop_timeout=5):  # SeaweedFS is slow to stop on SIGTERM; the data is thrown away
         yield s
 
 

@@ -1,0 +1,149 @@
+"""The one client of the stack's HTTP APIs: Airflow 3's REST API, MLflow's registry and the model-server.
+
+`make demo` (scripts/demo.py), the tests (the browser flow, the compose suites) and the benchmarks all talk to
+the stack through this module. Standard library only, so `make demo` needs nothing beyond the `scripts` group.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from urllib.parse import quote
+
+from stackenv import wait_for
+
+
+class AirflowError(RuntimeError):
+    """Airflow refused a call or answered something unexpected; the message says which call and what it said."""
+
+
+def http(
+    method: str, url: str, body: object = None, headers: Mapping[str, str] | None = None, timeout: float = 30
+) -> tuple[int, object]:
+    """One JSON request; returns (status, decoded body). Raises OSError when nothing answers."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own http:// URLs
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else {}
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+class Airflow:
+    """The calls of Airflow 3's REST API (/api/v2) this project makes, authenticated with a JWT from /auth/token."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base = base_url.rstrip("/")
+        status, body = http("POST", f"{self.base}/auth/token", {"username": username, "password": password})
+        if status in (401, 403):
+            raise AirflowError(f"Airflow refused the login of '{username}' (HTTP {status})")
+        if status >= 300 or not isinstance(body, dict):
+            raise AirflowError(f"Airflow's /auth/token answered HTTP {status}: {body}")
+        self.headers = {"Authorization": f"Bearer {body['access_token']}"}
+
+    def status(self, path: str) -> int:
+        """The HTTP status of GET /api/v2{path}, for "does it exist yet"."""
+        return http("GET", f"{self.base}/api/v2{path}", headers=self.headers)[0]
+
+    def call(self, method: str, path: str, body: object = None, ok: tuple[int, ...] = (200, 201)) -> dict:
+        """One call of /api/v2; AirflowError unless the status is in `ok`."""
+        status, answer = http(method, f"{self.base}/api/v2{path}", body, self.headers)
+        if status not in ok:
+            raise AirflowError(f"{method} /api/v2{path} answered HTTP {status}: {answer}")
+        return answer if isinstance(answer, dict) else {}
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """The dag-processor parses new files soon after it starts; wait until the DAG is known."""
+        wait_for(f"Airflow to know the DAG {dag_id}", lambda: self.status(f"/dags/{dag_id}") == 200, timeout, 2)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        answer = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": paused})
+        if answer.get("is_paused") is not paused:
+            raise AirflowError(f"{dag_id}: is_paused is {answer.get('is_paused')} after setting it to {paused}")
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        """Unpause the DAG and start a run of it now; returns the DAG run's ID."""
+        self.set_paused(dag_id, False)
+        run = self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    @staticmethod
+    def run_path(dag_id: str, dag_run_id: str) -> str:
+        return f"/dags/{dag_id}/dagRuns/{quote(dag_run_id, safe='')}"
+
+    def dag_run(self, dag_id: str, dag_run_id: str) -> dict:
+        return self.call("GET", self.run_path(dag_id, dag_run_id))
+
+    def task_states(self, dag_id: str, dag_run_id: str) -> dict[str, str | None]:
+        answer = self.call("GET", f"{self.run_path(dag_id, dag_run_id)}/taskInstances")
+        return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}
+
+    def xcom(self, dag_id: str, dag_run_id: str, task_id: str) -> object:
+        """The task's return value (its `return_value` XCom), decoded when Airflow hands it over as JSON text."""
+        path = f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/xcomEntries/return_value"
+        value = self.call("GET", path).get("value")
+        if isinstance(value, str) and value[:1] in ('"', "{", "["):
+            return json.loads(value)
+        return value
+
+    def wait_for_run(self, dag_id: str, dag_run_id: str, timeout: float = 900, progress: bool = True) -> str:
+        """The run's final state, "success" or "failed"; with `progress`, prints each state change."""
+        started, seen = time.monotonic(), []
+
+        def finished() -> str | None:
+            state = self.dag_run(dag_id, dag_run_id)["state"]
+            if progress and (not seen or seen[-1] != state):
+                print(f"  [{time.monotonic() - started:5.0f} s] {dag_id} is {state}", flush=True)
+            seen.append(state)
+            return state if state in ("success", "failed") else None
+
+        return wait_for(f"{dag_id} run {dag_run_id} to finish", finished, timeout, interval=2)
+
+
+def mlflow_login(cfg: Mapping[str, str]) -> dict[str, str]:
+    """Basic-auth header for MLflow when MLFLOW_AUTH is on (MLflow's standard client variables)."""
+    if cfg.get("MLFLOW_AUTH", "false").lower() not in ("true", "1", "yes"):
+        return {}
+    token = f"{cfg.get('MLFLOW_TRACKING_USERNAME') or 'admin'}:{cfg.get('MLFLOW_TRACKING_PASSWORD', '')}"
+    return {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
+
+
+def registry_champion(mlflow_url: str, name: str | None, headers: Mapping[str, str]) -> tuple[int, str]:
+    """The registry's current champion version (MLflow REST), whatever the last run's gate decided."""
+    status, body = http(
+        "GET",
+        f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={quote(name or 'iris-classifier')}&alias=champion",
+        headers=headers,
+    )
+    version = body.get("model_version", {}).get("version", "") if isinstance(body, dict) else ""
+    return status, version
+
+
+def wait_for_model(model_url: str, version: str, timeout: float = 180) -> dict:
+    """Wait until the model-server reports serving `version` ("" for any) and return its /model answer. Each of
+    its workers polls the registry on its own, so the answer must hold on 10 connections in a row."""
+    started, in_a_row = time.monotonic(), []
+
+    def serving() -> dict | None:
+        status, info = http("GET", f"{model_url}/model")
+        ok = status == 200 and isinstance(info, dict) and (not version or info.get("model_version") == version)
+        if ok:
+            in_a_row.append(info)
+        else:
+            in_a_row.clear()
+        return info if len(in_a_row) >= 10 else None
+
+    info = wait_for(f"the model-server to serve version {version or 'any'}", serving, timeout, interval=0.1)
+    print(f"  model-server serves {info.get('model_uri')} ({time.monotonic() - started:.0f} s)", flush=True)
+    return info
