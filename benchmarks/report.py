@@ -40,8 +40,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Load average (1/5/15 min) at the start {load}, at the end {end}. Other work on the machine slows every "
         "figure: compare figures of one run only (each reference below is measured in the same run).",
         "",
-        "Every figure is the median of its runs, min - max beside it. Load client: "
-        f"{results['client']}, one thread, keep-alive (benchmarks/wrk.lua), on the same cores as the server.",
+        "Every figure is the median of its runs, min - max beside it. Load clients: "
+        f"{results['client']} (wrk: one thread, keep-alive, benchmarks/wrk.lua; hey: the rate-limited load), on the "
+        "same cores as the server.",
         "",
     ]
     if s["runs"] < 3:

@@ -65,7 +65,7 @@ def ensure_load_tools() -> str:
             f"{' and '.join(still)} missing and could not be installed: apt-get install -y {' '.join(still)}"
         )
     out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    return (out.stdout + out.stderr).split(" Copyright")[0].strip() + "; hey (Debian)"
+    return (out.stdout + out.stderr).split(" Copyright")[0].strip() + " and hey (Debian)"
 
 
 class Results(dict):
