@@ -132,7 +132,18 @@ class ComposeProject:
         try:
             return self.run("docker", "compose", *args, check=check, timeout=timeout)
         except subprocess.CalledProcessError as exc:
-            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}") from None
+            raise AssertionError(
+                f"docker compose {' '.join(args)} failed:\n{exc.stdout}\n{exc.stderr}{self.failed_logs()}"
+            ) from None
+
+    def failed_logs(self) -> str:
+        """The last log lines of every container that exited non-zero: what a failed `up` alone does not say."""
+        ps = self.run("docker", "compose", "ps", "-a", "--format", "{{.Service}} {{.State}} {{.ExitCode}}", check=False)
+        failed = sorted({f[0] for f in map(str.split, ps.stdout.splitlines()) if len(f) == 3 and f[2] != "0"})
+        if not failed:
+            return ""
+        logs = self.run("docker", "compose", "logs", "--no-color", "--tail", "60", *failed, check=False)
+        return f"\nlogs of {failed}:\n{logs.stdout}{logs.stderr}"
 
     @contextmanager
     def lifetime(self, results: Path, stop_timeout: int) -> Iterator[None]:
