@@ -2,7 +2,7 @@
 # The builder stage of both images (airflow/Dockerfile, mlflow/Dockerfile): install exactly what uv.lock pins
 # for the image's dependency groups (hashes checked, nothing resolved) into /opt/venv.
 #
-# Usage: image-venv.sh GROUP [GROUP ...]     run in the folder holding pyproject.toml and uv.lock
+# Usage: image-venv.sh GROUP [GROUP ...]     pyproject.toml and uv.lock beside this script
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
@@ -10,6 +10,7 @@ if [ "$#" -eq 0 ]; then
   exit 2
 fi
 
+cd "$(dirname "$0")"
 pip install --no-cache-dir "uv==${UV_VERSION:-0.13.9}"
 export UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 \
   UV_LINK_MODE=copy
