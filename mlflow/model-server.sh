@@ -8,6 +8,9 @@
 #   MLFLOW_TRACKING_URI        where runs and the registry live   (default http://mlflow-server:5000)
 #   MODEL_SERVER_HOST / _PORT  where to listen                    (default 0.0.0.0:5001)
 #   MODEL_SERVER_WORKERS       uvicorn worker processes           (default: one per CPU core, at most 4)
+#   MODEL_SERVER_METRICS       true: GET /metrics for Prometheus (default true)
+#   PROMETHEUS_MULTIPROC_DIR   where the workers keep their counts (default: a directory of this server's own
+#                              in $TMPDIR); its *.db files are removed when the server starts and stops
 #   REGISTERED_MODEL_NAME, MODEL_POLL_SECONDS, MODEL_SERVER_MAX_BODY_BYTES: see serve.py
 #
 # It never exits for want of a model (a restart policy would turn that into a crash loop): until one can be
@@ -42,11 +45,23 @@ elif ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 echo "model-server: $workers uvicorn worker(s)" >&2
+# One scrape must add up every worker's counts: prometheus-client's multiprocess mode, one file per worker in a
+# directory that starts empty (files of an earlier server would add its totals to ours). $$ becomes gunicorn's PID.
+case "${MODEL_SERVER_METRICS:-true}" in
+  true)
+    export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-${TMPDIR:-/tmp}/model-server-metrics-$$}"
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+    rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db ;;
+  false) unset PROMETHEUS_MULTIPROC_DIR ;;
+  *) echo "model-server: MODEL_SERVER_METRICS='$MODEL_SERVER_METRICS' must be true or false." >&2; exit 2 ;;
+esac
 # gunicorn imports the app (MLflow, scikit-learn, ONNX Runtime) once, then forks the workers (--preload), so they
 # share those pages; each worker is uvicorn on uvloop and httptools (serve.Worker). --timeout: a worker whose
 # event loop is stuck that long is replaced.
+here="$(cd "$(dirname "$0")" && pwd)"
 exec gunicorn 'serve:create_app()' --preload --worker-class serve.Worker \
-  --chdir "$(cd "$(dirname "$0")" && pwd)" \
+  --config "$here/gunicorn.conf.py" \
+  --chdir "$here" \
   --bind "${MODEL_SERVER_HOST:-0.0.0.0}:${MODEL_SERVER_PORT:-5001}" \
   --workers "$workers" \
   --timeout 60

@@ -17,6 +17,8 @@
    answers and error messages stay MLflow's (tests/test_model_server.py checks both byte for byte).
 6. A scikit-learn tree ensemble on the short path predicts with a compiled copy in ONNX Runtime, served only
    after it gave scikit-learn's answers on a wide check (predictors.py); ``GET /model`` names the runtime.
+7. ``GET /metrics``: requests by endpoint and status, latency, rows and classes predicted, the served model and its
+   loads, in Prometheus's format, added up over all workers (metrics.py).
 
 Before any model exists it answers 503 (so the healthcheck stays unhealthy) and says in its log what to do.
 
@@ -27,6 +29,8 @@ Usage (see model-server.sh): gunicorn --preload -k serve.Worker 'serve:create_ap
   MODEL_SERVER_MAX_BODY_BYTES  request size limit (default 10 MiB)
   MODEL_SERVER_COMPILED        true (default): a scikit-learn tree ensemble predicts in ONNX Runtime once a check
                                showed the same answers (predictors.py); false: always scikit-learn
+  MODEL_SERVER_METRICS         true (default): count and serve /metrics; false: neither (no /metrics route)
+  PROMETHEUS_MULTIPROC_DIR     where the workers' counts live (model-server.sh sets it; unset: this process only)
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -60,6 +64,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn_worker import UvicornWorker
 
+import metrics
 from predictors import RUNTIME, SKLEARN, Compiled, compile_model
 
 log = logging.getLogger("model-server")
@@ -105,10 +110,15 @@ class Loaded:
     version: str = ""
     run_id: str = ""
     compiled: Compiled | None = None  # the short path's predict when set (predictors.py), else scikit-learn's
+    counted: bool = False  # count rows and classes predicted (metrics.py)
 
     def info(self) -> dict[str, str]:
         runtime = RUNTIME if self.compiled else SKLEARN
         return {"model_uri": self.uri, "model_version": self.version, "run_id": self.run_id, "runtime": runtime}
+
+    def metric_labels(self, model_name: str) -> dict[str, str]:
+        info = self.info()
+        return {"model_name": model_name, **{k: info[k] for k in ("model_version", "run_id", "model_uri", "runtime")}}
 
     @cached_property
     def headers(self) -> dict[str, str]:
@@ -142,6 +152,8 @@ class Loaded:
         except MlflowException as exc:
             return Response(exc.serialize_as_json(), exc.get_http_status_code(), self.headers, "application/json")
         if result.mimetype == "application/json":
+            if self.counted and result.status == 200:
+                metrics.predicted_json(json.loads(result.response).get("predictions"))
             return Response(result.response, result.status, self.headers, "application/json")
         return error(result.status, result.response, self.headers)  # MLflow's plain-text 415s, as JSON
 
@@ -166,6 +178,8 @@ class Loaded:
             return None
         if not isinstance(predictions, np.ndarray):
             return None  # MLflow's encoder handles the other output types
+        if self.counted:
+            metrics.predicted(predictions)
         return json.dumps({"predictions": predictions.tolist()}).encode()
 
 
@@ -188,11 +202,11 @@ def decode_json(body: bytes) -> object:
         ) from None
 
 
-def load(uri: str, version: str = "", run_id: str = "", compiled: bool = True) -> Loaded:
+def load(uri: str, version: str = "", run_id: str = "", compiled: bool = True, counted: bool = False) -> Loaded:
     """Load a model completely (nothing is swapped yet), the way MLflow's scoring server loads it, and, for a
     scikit-learn tree ensemble served by the short path, its checked compiled copy (unless `compiled` is off)."""
     model = scoring_server.load_model_with_mlflow_config(uri)
-    loaded = Loaded(model, uri, version, run_id or (model.metadata.run_id or ""))
+    loaded = Loaded(model, uri, version, run_id or (model.metadata.run_id or ""), counted=counted)
     if compiled and loaded.tensor_spec is not None:
         loaded = replace(loaded, compiled=compile_model(model.get_raw_model(), model.input_example))
     log.info("model-server: %s predicts with %s", uri, loaded.info()["runtime"])
@@ -203,11 +217,14 @@ class ModelWatcher:
     """Holds the model being served and replaces it when the champion moves (a background thread, so the event
     loop never waits for a load)."""
 
-    def __init__(self, fixed_uri: str, model_name: str, poll_seconds: float, compiled: bool = True) -> None:
+    def __init__(
+        self, fixed_uri: str, model_name: str, poll_seconds: float, compiled: bool = True, counted: bool = False
+    ) -> None:
         self.fixed_uri = fixed_uri
         self.model_name = model_name
         self.poll_seconds = poll_seconds
         self.compiled = compiled
+        self.counted = counted  # count loads and the served model (metrics.py), and pass it on to Loaded
         self.current: Loaded | None = None
         self.stopped = threading.Event()
         self.last_hint = 0.0
@@ -223,6 +240,8 @@ class ModelWatcher:
             try:
                 self.refresh()
             except Exception:  # keep serving whatever is loaded; say why the new one is not
+                if self.counted:
+                    metrics.loaded(ok=False)
                 log.exception("model-server: could not load the new model; still serving %s", self.describe())
             first_attempt.set()
             if self.fixed_uri and self.current:
@@ -231,7 +250,7 @@ class ModelWatcher:
 
     def refresh(self) -> None:
         if self.fixed_uri:
-            self.swap(load(self.fixed_uri, compiled=self.compiled))
+            self.swap(load(self.fixed_uri, compiled=self.compiled, counted=self.counted))
             return
         try:
             target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
@@ -242,10 +261,14 @@ class ModelWatcher:
             return
         log.info("model-server: loading %s version %s (run %s)", self.model_name, target.version, target.run_id)
         uri = f"models:/{self.model_name}/{target.version}"
-        self.swap(load(uri, target.version, target.run_id or "", compiled=self.compiled))
+        self.swap(load(uri, target.version, target.run_id or "", compiled=self.compiled, counted=self.counted))
 
     def swap(self, new: Loaded) -> None:
         old, self.current = self.current, new  # one reference assignment: a request sees old or new, never neither
+        if self.counted:
+            name = "" if self.fixed_uri else self.model_name
+            metrics.loaded(ok=True)
+            metrics.serving(new.metric_labels(name), old.metric_labels(name) if old else None)
         log.info("model-server: now serving %s (was %s)", self.describe(), old.uri if old else "nothing")
 
     def describe(self) -> str:
@@ -260,6 +283,26 @@ class ModelWatcher:
                 "server loads it by itself. (Or run ./update_run_id.sh and recreate this service to serve one run.)",
                 why,
             )
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def timed(endpoint: str, handler: Handler) -> Handler:
+    """The handler, counting its answer by status code and timing it (metrics.py); a handler that raises counts as
+    the 500 Starlette then answers."""
+
+    async def counted(request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            response = await handler(request)
+        except Exception:
+            metrics.observe(endpoint, 500, time.perf_counter() - start)
+            raise
+        metrics.observe(endpoint, response.status_code, time.perf_counter() - start)
+        return response
+
+    return counted
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -282,14 +325,17 @@ def create_app(
     poll_seconds: float | None = None,
     max_body: int | None = None,
     compiled: bool | None = None,
+    counted: bool | None = None,
 ) -> Starlette:
     """The app; arguments left out come from the environment (see the module docstring)."""
     env = os.environ.get
+    counted = env_flag("MODEL_SERVER_METRICS", default=True) if counted is None else counted
     watcher = ModelWatcher(
         fixed_uri=env("MODEL_URI", "") if fixed_uri is None else fixed_uri,
         model_name=model_name or env("REGISTERED_MODEL_NAME") or "iris-classifier",
         poll_seconds=poll_seconds or float(env("MODEL_POLL_SECONDS") or 5),
         compiled=env_flag("MODEL_SERVER_COMPILED", default=True) if compiled is None else compiled,
+        counted=counted,
     )
     max_body = max_body or int(env("MODEL_SERVER_MAX_BODY_BYTES") or 10 * 1024 * 1024)
 
@@ -330,7 +376,23 @@ def create_app(
         path = request.url.path
         allowed = (exc.headers or {}).get("Allow", "")
         message = f"{path} takes {allowed}" if exc.status_code == 405 else f"No such endpoint: {path}"
+        if counted:  # a 405 names its route; every 404 is one label, whatever was asked for
+            metrics.observe(path if exc.status_code == 405 else "unmatched", exc.status_code, 0.0)
         return error(exc.status_code, message, headers)
+
+    async def scrape(request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, 200, media_type=content_type)
+
+    endpoints: dict[str, tuple[Handler, str]] = {
+        "/invocations": (invocations, "POST"),
+        "/ping": (ping, "GET"),
+        "/health": (ping, "GET"),
+        "/version": (version, "GET"),
+        "/model": (model, "GET"),
+    }
+    if counted:
+        endpoints["/metrics"] = (scrape, "GET")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -346,11 +408,8 @@ def create_app(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = Starlette(
         routes=[
-            Route("/invocations", invocations, methods=["POST"]),
-            Route("/ping", ping, methods=["GET"]),
-            Route("/health", ping, methods=["GET"]),
-            Route("/version", version, methods=["GET"]),
-            Route("/model", model, methods=["GET"]),
+            Route(path, timed(path, handler) if counted else handler, methods=[method])
+            for path, (handler, method) in endpoints.items()
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

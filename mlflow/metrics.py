@@ -1,0 +1,109 @@
+"""What the model-server counts, in Prometheus's text format on ``GET /metrics`` (prometheus-client).
+
+gunicorn runs several workers, and a scrape reaches one of them, so the counts live in prometheus-client's
+multiprocess mode: every worker writes its own files in ``PROMETHEUS_MULTIPROC_DIR`` (model-server.sh sets it
+and empties it when the server starts) and a scrape adds up all of them. A worker that exits leaves its counter
+files behind (the totals keep its requests) and gunicorn's ``child_exit`` hook (gunicorn.conf.py) drops its
+live gauges, so a replaced worker neither loses nor double-counts. Without that variable (a single process, the
+in-process tests) the same metrics live in the process.
+
+Nothing here holds a request body, a header or a credential: labels are endpoint paths, status codes, classes
+and the served model's name, version, run ID and runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# A prediction takes well under a millisecond in ONNX Runtime and a few in scikit-learn: the low buckets resolve
+# both; the high ones catch a 10,000-row request and a stalled worker.
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+# A classifier's classes are labels; more distinct values than this (a regressor, a text model) are not counted
+# by class, so a model cannot blow up the number of series.
+MAX_CLASSES = 50
+
+REQUESTS = Counter(
+    "model_server_requests_total", "Requests answered, by endpoint and HTTP status code.", ["endpoint", "code"]
+)
+LATENCY = Histogram(
+    "model_server_request_duration_seconds",
+    "Time from routing a request to its answer, by endpoint (HTTP parsing and the network are not included).",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+ROWS = Counter("model_server_predicted_rows_total", "Rows predicted by answered /invocations requests.")
+PREDICTIONS = Counter("model_server_predictions_total", "Predicted rows by predicted class.", ["prediction"])
+MODEL_INFO = Gauge(
+    "model_server_model_info",
+    "1 for the model the workers serve (0 once every worker left it), with its name, version, run ID and runtime.",
+    ["model_name", "model_version", "run_id", "model_uri", "runtime"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOADS = Counter(
+    "model_server_model_loads_total",
+    "Model load attempts by result (success or failure), counted per worker: each worker loads its own copy.",
+    ["result"],
+)
+
+
+def observe(endpoint: str, code: int, seconds: float) -> None:
+    REQUESTS.labels(endpoint, str(code)).inc()
+    LATENCY.labels(endpoint).observe(seconds)
+
+
+def predicted(predictions: np.ndarray) -> None:
+    """Count the rows of one answer, and by class when the answer is one label per row."""
+    ROWS.inc(len(predictions))
+    if predictions.ndim != 1 or predictions.dtype.kind not in "iubOU":
+        return  # probabilities, regression values: rows only
+    values, counts = np.unique(predictions, return_counts=True)
+    if len(values) <= MAX_CLASSES:
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            PREDICTIONS.labels(str(value)).inc(count)
+
+
+def predicted_json(predictions: Iterable[object] | None) -> None:
+    """The same for an answer MLflow's full path encoded (a list of values, or anything else: not counted)."""
+    if isinstance(predictions, list) and all(isinstance(p, int | str) for p in predictions):
+        predicted(np.array(predictions, dtype=object))
+
+
+def serving(labels: dict[str, str] | None, previous: dict[str, str] | None) -> None:
+    """The info metric follows a model switch: the new model's series 1, the old one's 0."""
+    if previous:
+        MODEL_INFO.labels(**previous).set(0)
+    if labels:
+        MODEL_INFO.labels(**labels).set(1)
+
+
+def loaded(ok: bool) -> None:
+    MODEL_LOADS.labels("success" if ok else "failure").inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The body and content type of a scrape: every worker's values added up in multiprocess mode."""
+    if os.environ.get(MULTIPROC_DIR):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """gunicorn's child_exit: drop the exited worker's live gauges (its counters stay in the totals)."""
+    if os.environ.get(MULTIPROC_DIR):
+        multiprocess.mark_process_dead(pid)
