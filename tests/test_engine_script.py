@@ -7,7 +7,8 @@ repository from its own location and reads the base images from its compose file
 tests/engine.sh and tests/standins/, and a docker-compose.yml naming the base python image (present) and a
 seaweedfs tag of the pinned version with a throwaway suffix that no registry has. The script builds that tag
 as it would build chrislusf/seaweedfs:X.YY, caching the weed binary in ENGINE_CACHE_DIR; the test removes only
-its own tag afterwards.
+its own tag afterwards. A grafana/grafana tag with such a suffix stands for Grafana, which has no stand-in: the
+script must carry on without it and name it as missing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.compose
 
 BASE = "python:3.11-slim-bookworm"
 # The images others use on this engine (the stand-ins tests/engine.sh provides): never removed or retagged here.
-SHARED = re.compile(r"^(python|postgres|redis|chrislusf/seaweedfs):")
+SHARED = re.compile(r"^(python|postgres|redis|chrislusf/seaweedfs|prom/prometheus|prom/pushgateway):")
 SEAWEEDFS_VERSION = re.search(
     r"^\s*image:\s*chrislusf/seaweedfs:([0-9.]+)\s*$", (ROOT / "docker-compose.scale.yml").read_text(), re.M
 )[1]
@@ -65,8 +66,9 @@ def test_up_on_an_engine_not_ours_with_an_empty_cache_builds_and_caches(throwawa
     (repo / "tests").mkdir(parents=True)
     shutil.copy2(ROOT / "tests" / "engine.sh", repo / "tests" / "engine.sh")
     shutil.copytree(ROOT / "tests" / "standins", repo / "tests" / "standins")
+    grafana = f"grafana/grafana:12.2.0-enginetest{uuid.uuid4().hex[:8]}"
     (repo / "docker-compose.yml").write_text(
-        f"services:\n  base:\n    image: {BASE}\n  store:\n    image: {throwaway_tag}\n"
+        f"services:\n  base:\n    image: {BASE}\n  store:\n    image: {throwaway_tag}\n  dash:\n    image: {grafana}\n"
     )
     cache = tmp_path / "cache" / "mlops-engine"  # absent, parent included, like a fresh /var/cache/mlops-engine
     state = tmp_path / "state"  # no dockerd.pid: the engine that answers is not this script's
@@ -79,7 +81,8 @@ def test_up_on_an_engine_not_ours_with_an_empty_cache_builds_and_caches(throwawa
     assert up.returncode == 0, f"engine.sh up failed:\n{up.stderr}{up.stdout}"
     assert "using the Docker engine that already answers (not ours" in up.stderr
     assert f"base images present: {BASE};" in up.stdout
-    assert f"substituted: {throwaway_tag}" in up.stdout
+    assert f"substituted: {throwaway_tag}; missing: {grafana}" in up.stdout
+    assert f"no registry and no stand-in for {grafana}: the monitoring suite runs without Grafana" in up.stderr
     assert not (state / "dockerd.pid").exists()  # not adopted as ours: `down` leaves it alone
     # What had to be cached is: the weed binary of the tag's version, whole (no .new left behind).
     weed = cache / f"weed-{SEAWEEDFS_VERSION}"
