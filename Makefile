@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .PHONY: help env venv demo up down logs local-demo local-up local-down local-status local-restart-model \
-        scale-env scale-demo scale-up scale-down test test-fast lint format bench clean
+        scale-env scale-demo scale-up scale-down monitoring-env monitoring-up monitoring-down test test-fast lint format bench clean
 
 help: ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -47,7 +47,7 @@ up: env ## compose: start the stack and wait until it is healthy (model-server w
 	docker compose up -d --no-build model-server
 
 down: ## compose: stop the stack (volumes, i.e. runs, models and history, are kept)
-	docker compose down
+	docker compose --profile monitoring down
 
 logs: ## compose: follow the logs
 	docker compose logs -f
@@ -70,7 +70,23 @@ scale-up: scale-env ## scale: start the scale variant and wait until it is healt
 	$(SCALE_COMPOSE) up -d --no-build model-server
 
 scale-down: ## scale: stop the scale variant, Flower included (volumes, i.e. both databases and the bucket, are kept)
-	$(SCALE_COMPOSE) --profile flower down
+	$(SCALE_COMPOSE) --profile flower --profile monitoring down
+
+# --- The monitoring profile: Prometheus, the Pushgateway and Grafana (docs/monitoring.md) -------------------
+# MONITORING_COMPOSE: the compose command to add it to; for the scale variant: make monitoring-up MONITORING_COMPOSE="$(SCALE_COMPOSE)".
+MONITORING_COMPOSE ?= docker compose
+MONITORING_SERVICES := prometheus pushgateway grafana
+
+monitoring-env: ## monitoring: create .env, or add Grafana's admin password to an existing one (other lines untouched)
+	@python3 scripts/make_env.py --add-missing
+
+monitoring-up: monitoring-env ## monitoring: start Prometheus (:9090), the Pushgateway and Grafana (:3000) beside the stack
+	$(MONITORING_COMPOSE) --profile monitoring up -d --wait $(MONITORING_SERVICES)
+	@echo "Prometheus: http://127.0.0.1:$${PROMETHEUS_PORT:-9090}   Grafana: http://127.0.0.1:$${GRAFANA_PORT:-3000} (admin / GRAFANA_ADMIN_PASSWORD in .env)"
+
+monitoring-down: ## monitoring: stop the profile's services (their history volumes are kept)
+	$(MONITORING_COMPOSE) --profile monitoring stop $(MONITORING_SERVICES)
+	$(MONITORING_COMPOSE) --profile monitoring rm -f $(MONITORING_SERVICES)
 
 # --- Local mode (no Docker) ------------------------------------------------------------------------
 local-demo: env venv ## local: the same flow as `make demo`, as local processes

@@ -12,6 +12,7 @@
 #   MLFLOW_ALLOWED_HOSTS  Host headers accepted (DNS-rebinding protection) (default: loopback + service name)
 #   MLFLOW_AUTH           true: MLflow's built-in basic auth (--app-name basic-auth); the admin is
 #                         MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD     (default false)
+#   MLFLOW_METRICS        true: GET /metrics for Prometheus (MLflow's --expose-prometheus) (default true)
 set -euo pipefail
 
 data="${MLFLOW_DATA_DIR:-/mlflow/mlruns}"
@@ -60,6 +61,18 @@ INI
   *) echo "tracking-server: MLFLOW_AUTH must be true or false, got '${MLFLOW_AUTH}'" >&2; exit 2 ;;
 esac
 
+# MLflow's own Prometheus exporter (prometheus-flask-exporter in its multiprocess mode): request counts and latency
+# of the tracking API on /metrics. Its count files go in a directory of this server's own that starts empty.
+metrics_args=()
+case "${MLFLOW_METRICS:-true}" in
+  true)
+    metrics_dir="${TMPDIR:-/tmp}/mlflow-metrics-$$"
+    mkdir -p "$metrics_dir" && rm -f "$metrics_dir"/*.db
+    metrics_args=(--expose-prometheus "$metrics_dir") ;;
+  false) ;;
+  *) echo "tracking-server: MLFLOW_METRICS must be true or false, got '${MLFLOW_METRICS}'" >&2; exit 2 ;;
+esac
+
 # MLflow's documented CLI. It starts uvicorn as a child and waits for it (that parent costs memory too).
 exec mlflow server \
   --backend-store-uri "${MLFLOW_BACKEND_STORE_URI:-sqlite:///$data/mlflow.db}" \
@@ -69,4 +82,4 @@ exec mlflow server \
   --port "${MLFLOW_PORT:-5000}" \
   --workers "${MLFLOW_WORKERS:-1}" \
   --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow-server,mlflow-server:*}" \
-  "${auth_args[@]}"
+  "${auth_args[@]}" "${metrics_args[@]}"

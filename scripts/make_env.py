@@ -63,6 +63,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "REDIS_PASSWORD": hex_secret(24),
     "S3_ACCESS_KEY_ID": access_key_id,
     "S3_SECRET_ACCESS_KEY": hex_secret(20),
+    # The monitoring profile's (Grafana's admin).
+    "GRAFANA_ADMIN_PASSWORD": url_secret(18),
 }
 # The generated keys that are secrets (they must never leak); an access key ID only names its key.
 SECRET_KEYS = tuple(key for key in GENERATED if key != "S3_ACCESS_KEY_ID")

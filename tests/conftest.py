@@ -104,7 +104,8 @@ class ComposeProject:
     way) and free host ports, so a user's stack is never touched. Suites subclass it with their own checks."""
 
     def __init__(self, workdir: Path, project: str, compose_files: tuple[str, ...] = ("docker-compose.yml",)) -> None:
-        self.ports = {"AIRFLOW_PORT": free_port(), "MLFLOW_PORT": free_port(), "MODEL_SERVER_PORT": free_port()}
+        names = ("AIRFLOW_PORT", "MLFLOW_PORT", "MODEL_SERVER_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT")
+        self.ports = {name: free_port() for name in names}
         self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
         self.cfg = read_env_file(self.env_file)
         self.env = stack_env(
@@ -121,6 +122,7 @@ class ComposeProject:
         self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
         self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
         self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+        self.prometheus_url = f"http://127.0.0.1:{self.ports['PROMETHEUS_PORT']}"
         self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
 
     def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -149,7 +151,7 @@ class ComposeProject:
     def lifetime(self, results: Path, stop_timeout: int) -> Iterator[None]:
         """A module's use of the project: no leftovers of an interrupted earlier run before; the results file and
         `down --volumes` after (`stop_timeout`: seconds a container gets to stop on SIGTERM)."""
-        down = ("down", "--volumes", "--remove-orphans", "--timeout", str(stop_timeout))
+        down = ("--profile", "monitoring", "down", "--volumes", "--remove-orphans", "--timeout", str(stop_timeout))
         self.compose(*down, check=False)
         yield
         results.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +178,12 @@ class ComposeProject:
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{self.compose('logs', '--tail', '40').stdout}") from None
         return time.monotonic() - started
+
+    def promql(self, expr: str) -> list[dict]:
+        """The series an instant PromQL query returns from the monitoring profile's Prometheus (HTTP API v1)."""
+        answer = requests.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
 
     def airflow(self) -> Airflow:
         """The project's Airflow client, logged in as this stack's admin."""

@@ -15,6 +15,7 @@ from make_env import SECRET_KEYS
 COMPOSE = ROOT / "docker-compose.yml"
 LONG_RUNNING = {"mlflow-server", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor", "model-server"}
 ONE_SHOT = {"volume-init", "airflow-init"}
+MONITORING = {"prometheus", "pushgateway", "grafana"}  # the `monitoring` profile (tests/test_monitoring_config.py)
 
 
 needs_compose = pytest.mark.usefixtures("compose_v2")
@@ -66,14 +67,18 @@ def test_missing_secret_is_refused_by_name(tmp_path) -> None:  # noqa: ANN001
 
 def test_no_version_key_and_the_seed_service_names(spec: dict) -> None:
     assert "version" not in spec
-    assert set(spec["services"]) == LONG_RUNNING | ONE_SHOT
+    by_profile = {name: tuple(service.get("profiles", ())) for name, service in spec["services"].items()}
+    assert {name for name, profiles in by_profile.items() if not profiles} == LONG_RUNNING | ONE_SHOT
+    assert {name for name, profiles in by_profile.items() if profiles} == MONITORING
+    assert all(by_profile[name] == ("monitoring",) for name in MONITORING)
 
 
 def test_every_long_running_service_has_a_healthcheck_and_init(spec: dict) -> None:
-    for name in LONG_RUNNING:
+    for name in LONG_RUNNING | MONITORING:
         service = spec["services"][name]
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-        assert service.get("init") is True, f"{name}: PID 1 would swallow SIGTERM"
+        # Prometheus, the Pushgateway and Grafana are Go binaries that handle SIGTERM as PID 1 (official images).
+        assert name in MONITORING or service.get("init") is True, f"{name}: PID 1 would swallow SIGTERM"
         assert service.get("restart") == "unless-stopped", name
 
 

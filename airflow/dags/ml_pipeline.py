@@ -4,7 +4,8 @@ passes the quality gate.
 A thin layer over airflow/models/train_model.py. The dag-processor re-parses this file every few seconds, so
 nothing heavy (mlflow, sklearn) is imported at module level, only inside the tasks. Settings come from the
 environment (.env): MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, RF_N_ESTIMATORS, RF_MAX_DEPTH,
-REGISTERED_MODEL_NAME, MIN_ACCURACY.
+REGISTERED_MODEL_NAME, MIN_ACCURACY, PUSHGATEWAY_URL (where a finished run and the gate's decision are pushed for
+Prometheus: airflow/models/pipeline_metrics.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ def training() -> ModuleType:
     return train_model
 
 
+def report_success(context: dict) -> None:
+    """DAG callback (the dag-processor runs it): the run's duration and outcome to the Pushgateway."""
+    import pipeline_metrics
+
+    pipeline_metrics.dag_run_finished(context, succeeded=True)
+
+
+def report_failure(context: dict) -> None:
+    import pipeline_metrics
+
+    pipeline_metrics.dag_run_finished(context, succeeded=False)
+
+
 @dag(
     dag_id="mlops_pipeline",
     schedule=None,  # triggered by hand (UI, REST API, make demo)
@@ -32,6 +46,8 @@ def training() -> ModuleType:
     default_args={"retries": 3, "retry_delay": timedelta(seconds=15)},
     tags=["mlops", "iris"],
     doc_md=__doc__,
+    on_success_callback=report_success,
+    on_failure_callback=report_failure,
 )
 def mlops_pipeline() -> None:
     @task(retries=0)  # bad data does not get better by retrying
@@ -61,7 +77,11 @@ def mlops_pipeline() -> None:
         t = training()
         t.min_accuracy_from_env()  # fail fast on a bad MIN_ACCURACY
         t.connect()
-        return t.register_and_promote(mlflow_run_id)
+        result = t.register_and_promote(mlflow_run_id)
+        import pipeline_metrics
+
+        pipeline_metrics.model_registered(result)  # the accuracy and the gate's decision, for Prometheus
+        return result
 
     # (`run_id` is a reserved name in Airflow's task context, hence `mlflow_run_id`.)
     mlflow_run_id = train()

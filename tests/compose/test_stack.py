@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 import train_model
 from conftest import ROOT, ComposeProject, keep_alive_ms, require_docker_engine
@@ -25,6 +26,10 @@ pytestmark = pytest.mark.compose
 PROJECT = "mlopstest"
 SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 RESULTS = ROOT / "tests" / "artifacts" / "compose-results.json"
+DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "mlops.json"
+ALERTS = ("ModelServerDown", "ModelServerErrors", "ModelServerSlow", "ChampionFailedToLoad")
+ALERTS += ("NoSuccessfulTrainingRun", "TrainingRunFailed")
+BAD_REQUESTS = 7  # 400s sent in step 3c: nothing else in this suite sends a 400 before it
 
 
 require_docker_engine()
@@ -36,6 +41,9 @@ class Stack(ComposeProject):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, PROJECT)
         self.expected_runs = 1  # finished MLflow runs = successful DAG runs so far
+        grafana = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]["image"]
+        self.grafana = self.run("docker", "image", "inspect", grafana, check=False).returncode == 0
+        self.monitoring = ["prometheus", "pushgateway", *(["grafana"] if self.grafana else [])]
 
     def services(self) -> dict[str, dict]:
         return {row["Service"]: row for row in self.containers()}
@@ -72,6 +80,11 @@ def test_1_up_builds_and_every_service_becomes_healthy(stack: Stack) -> None:
     stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", *COMPOSE_CORE)
     stack.results["up_to_healthy_s"] = round(time.monotonic() - started, 1)
     stack.compose("up", "-d", "--no-build", "model-server")
+    # The monitoring profile beside it (make monitoring-up); Grafana where its image exists (no stand-in: Grafana
+    # has no Debian or PyPI package).
+    started = time.monotonic()
+    stack.compose("--profile", "monitoring", "up", "-d", "--no-build", "--wait", *stack.monitoring)
+    stack.results["monitoring_up_s"] = round(time.monotonic() - started, 1)
     services = stack.services()
     for one_shot in ("volume-init", "airflow-init"):
         assert services[one_shot]["State"] == "exited" and services[one_shot]["ExitCode"] == 0, services[one_shot]
@@ -89,7 +102,7 @@ PROMISED_TOTAL_MEMORY_GIB = 5
 
 
 def test_1b_containers_run_unprivileged_and_publish_only_loopback(stack: Stack) -> None:
-    for name in [*LONG_RUNNING, "airflow-init"]:
+    for name in [*LONG_RUNNING, "airflow-init", *stack.monitoring]:
         info = stack.inspect(name)
         user = info["Config"]["User"]
         assert user and user.split(":")[0] not in ("0", "root"), f"{name} runs as {user!r}"
@@ -97,7 +110,10 @@ def test_1b_containers_run_unprivileged_and_publish_only_loopback(stack: Stack) 
         assert not host["Privileged"] and not host.get("CapAdd"), name
         assert "no-new-privileges:true" in (host.get("SecurityOpt") or []), name
         for container_port, bindings in (host.get("PortBindings") or {}).items():
-            assert container_port in ("8080/tcp", "5000/tcp", "5001/tcp"), f"{name} publishes {container_port}"
+            assert container_port in ("8080/tcp", "5000/tcp", "5001/tcp", "9090/tcp", "3000/tcp"), (
+                name,
+                container_port,
+            )
             assert all(b["HostIp"] == "127.0.0.1" for b in bindings), f"{name}: {bindings}"
     for name in ("airflow-scheduler", "model-server"):
         uid = stack.compose("exec", "-T", name, "id", "-u").stdout.strip()
@@ -171,6 +187,91 @@ def test_3b_model_server_follows_the_promoted_champion_without_a_restart(stack: 
     assert answer.json() == {"predictions": [0]}
     assert answer.headers["X-Model-Uri"] == "models:/iris-classifier/1"
     assert stack.inspect("model-server")["RestartCount"] == 0
+
+
+def test_3c_prometheus_sees_serving_mlflow_and_the_pipeline(stack: Stack) -> None:
+    """After the seed's curl, bad requests and a DAG run: the model-server's counts by status, the served version,
+    MLflow's requests and the pushed DAG run, in Prometheus's API."""
+    assert stack.predict() == {"predictions": [0]}
+    for _ in range(BAD_REQUESTS):
+        bad = requests.post(
+            f"{stack.model_url}/invocations",
+            data=b"{not json",
+            timeout=10,
+            headers={"Content-Type": "application/json"},
+        )
+        assert bad.status_code == 400
+    served = requests.get(f"{stack.model_url}/model", timeout=10).json()
+    direct = requests.get(f"{stack.model_url}/metrics", timeout=10).text
+    ok = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in direct.splitlines()
+        if line.startswith("model_server_requests_total{") and 'code="200"' in line and '"/invocations"' in line
+    )
+
+    def scraped(expr: str, want: float | None = None) -> list[dict] | None:
+        series = stack.promql(expr)
+        if not series or (want is not None and float(series[0]["value"][1]) != want):
+            return None
+        return series
+
+    codes = 'sum(model_server_requests_total{job="model-server",endpoint="/invocations",code="%s"})'
+    wait_for("the 400s in Prometheus", lambda: scraped(codes % "400", BAD_REQUESTS), 90, interval=3)
+    wait_for("the 200s in Prometheus", lambda: scraped(codes % "200", ok), 90, interval=3)
+    assert ok >= 11  # step 3b's ten in a row and this step's curl
+    info = wait_for("the info metric", lambda: scraped("model_server_model_info == 1"), 60, interval=3)
+    assert [series["metric"]["model_version"] for series in info] == [served["model_version"]] == ["1"]
+    assert info[0]["metric"]["runtime"] == served["runtime"]
+    assert scraped('sum(mlflow_http_request_total{job="mlflow-server",status="200"})')
+    pushed = 'mlops_dag_run_succeeded{dag_id="mlops_pipeline"}'
+    wait_for("the DAG run pushed", lambda: scraped(pushed, 1.0), 90, interval=3)
+    assert float(stack.promql('mlops_dag_run_duration_seconds{dag_id="mlops_pipeline"}')[0]["value"][1]) > 0
+    assert float(stack.promql('mlops_model_test_accuracy{model="iris-classifier"}')[0]["value"][1]) >= 0.9
+    assert float(stack.promql('mlops_model_promoted{model="iris-classifier"}')[0]["value"][1]) == 1
+
+
+def test_3d_every_alert_rule_is_loaded_and_every_dashboard_query_returns_data(stack: Stack) -> None:
+    groups = requests.get(f"{stack.prometheus_url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert set(ALERTS) <= set(rules), sorted(rules)
+    assert all(rules[name]["health"] == "ok" for name in ALERTS), {n: rules[n].get("lastError") for n in ALERTS}
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    # Grafana fills $__rate_interval from the scrape interval; five minutes covers this suite's history.
+    empty = [e for e in exprs if not stack.promql(e.replace("$__rate_interval", "5m"))]
+    assert not empty, f"dashboard queries without data: {empty}"
+
+
+def test_3e_grafana_serves_the_provisioned_dashboard(stack: Stack) -> None:
+    if not stack.grafana:
+        pytest.skip("no Grafana image on this engine (no registry; Grafana has no stand-in): queries checked in 3d")
+    grafana = f"http://127.0.0.1:{stack.ports['GRAFANA_PORT']}"
+    auth = ("admin", stack.cfg["GRAFANA_ADMIN_PASSWORD"])
+    assert (
+        requests.get(f"{grafana}/api/dashboards/uid/mlops-stack", auth=("admin", "admin"), timeout=10).status_code
+        == 401
+    )
+    dashboard = requests.get(f"{grafana}/api/dashboards/uid/mlops-stack", auth=auth, timeout=10)
+    assert dashboard.status_code == 200 and dashboard.json()["dashboard"]["title"].startswith("MLOps stack")
+    health = requests.get(f"{grafana}/api/datasources/uid/prometheus/health", auth=auth, timeout=10).json()
+    assert health["status"] == "OK", health
+
+
+def test_3f_model_server_down_fires_its_alert_within_its_for(stack: Stack) -> None:
+    stack.compose("stop", "model-server")
+    started = time.monotonic()
+    try:
+
+        def firing() -> bool:
+            alerts = requests.get(f"{stack.prometheus_url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            return any(a["labels"]["alertname"] == "ModelServerDown" and a["state"] == "firing" for a in alerts)
+
+        # for: 1m, after a failed scrape (every 15 s) and a rule evaluation (every 15 s).
+        wait_for("ModelServerDown to fire", firing, 60 + 15 + 15 + 15, interval=3)
+        stack.results["model_server_down_alert_after_s"] = round(time.monotonic() - started, 1)
+    finally:
+        stack.compose("start", "model-server")
+    wait_for("the model-server back", lambda: stack.predict() == {"predictions": [0]}, 90, interval=1)
 
 
 def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> None:
@@ -325,7 +426,7 @@ def test_6_restart_keeps_runs_history_and_the_served_model(stack: Stack) -> None
 
 
 def test_7_down_without_volumes_then_up_keeps_everything(stack: Stack) -> None:
-    stack.compose("down", "--timeout", "20")
+    stack.compose("--profile", "monitoring", "down", "--timeout", "20")  # make down
     assert stack.services() == {}
     stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300")
     _assert_state_survived(stack)

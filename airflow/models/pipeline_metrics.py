@@ -1,0 +1,92 @@
+"""What a finished pipeline run tells Prometheus, through the Pushgateway (Prometheus's pattern for batch jobs:
+a DAG run ends before any scrape could reach it, so it pushes its figures and the Pushgateway keeps them).
+
+Two groups, each replaced by its next push (`pushadd`: only the metrics pushed are replaced, so a failed run keeps
+the time of the last success):
+- job="mlops_dag_run", dag_id=...: the last finished run's duration, outcome and end time, and the time of the last
+  successful one. Pushed by the DAG's success and failure callbacks (in Airflow 3 the dag-processor runs them).
+- job="mlops_model", model=...: the trained model's test accuracy, its version, and the gate's decision. Pushed by
+  the `register` task, wherever it runs (a Celery worker in the scale variant).
+
+PUSHGATEWAY_URL says where (compose sets http://pushgateway:9091); empty: nothing is pushed. A push that fails (the
+monitoring profile is not up) logs one line and never fails the task or the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+
+log = logging.getLogger(__name__)
+PUSH_TIMEOUT_SECONDS = 3.0
+
+
+def gateway() -> str:
+    return os.environ.get("PUSHGATEWAY_URL", "").strip()
+
+
+def push(job: str, grouping_key: dict[str, str], values: dict[str, tuple[str, float]]) -> bool:
+    """Push gauges {name: (help, value)} to the group; False (and one log line) when it could not be done."""
+    url = gateway()
+    if not url:
+        return False
+    registry = CollectorRegistry()
+    for name, (doc, number) in values.items():
+        Gauge(name, doc, registry=registry).set(number)
+    try:
+        pushadd_to_gateway(url, job=job, registry=registry, grouping_key=grouping_key, timeout=PUSH_TIMEOUT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - metrics must never fail a run
+        log.warning("pipeline metrics: not pushed to %s (%s); is the monitoring profile up?", url, exc)
+        return False
+    return True
+
+
+def dag_run_values(start: datetime | None, end: datetime | None, succeeded: bool) -> dict[str, tuple[str, float]]:
+    """The figures of one finished DAG run (a run without a start time, e.g. failed before it began, has no
+    duration)."""
+    end_ts = end.timestamp() if end else time.time()
+    values = {
+        "mlops_dag_run_succeeded": ("1 if the last finished run succeeded, 0 if it failed.", float(succeeded)),
+        "mlops_dag_run_end_timestamp_seconds": ("When the last finished run ended (Unix time).", end_ts),
+    }
+    if start is not None:
+        values["mlops_dag_run_duration_seconds"] = ("How long the last finished run took.", end_ts - start.timestamp())
+    if succeeded:
+        values["mlops_dag_run_last_success_timestamp_seconds"] = ("When the last successful run ended.", end_ts)
+    return values
+
+
+def dag_run_finished(context: dict[str, Any], succeeded: bool) -> None:
+    """For a DAG's on_success_callback and on_failure_callback (the DAG file binds `succeeded`)."""
+    dag_run = context.get("dag_run")
+    dag_id = context["dag"].dag_id
+    start = getattr(dag_run, "start_date", None)
+    end = getattr(dag_run, "end_date", None)
+    if push("mlops_dag_run", {"dag_id": dag_id}, dag_run_values(start, end, succeeded)):
+        log.info(
+            "pipeline metrics: pushed %s run %s (%s)", dag_id, context.get("run_id"), "ok" if succeeded else "failed"
+        )
+
+
+def model_registered(result: dict[str, Any]) -> None:
+    """After the quality gate (train_model.register_and_promote's result)."""
+    values = {
+        "mlops_model_test_accuracy": (
+            "Held-out accuracy of the last model the pipeline registered.",
+            result["accuracy"],
+        ),
+        "mlops_model_version": (
+            "Registry version of the last model the pipeline registered.",
+            float(result["version"]),
+        ),
+        "mlops_model_promoted": (
+            "1 if the quality gate promoted the last registered model to champion.",
+            result["promoted"],
+        ),
+    }
+    push("mlops_model", {"model": result["model"]}, values)
