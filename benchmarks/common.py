@@ -165,7 +165,8 @@ class Stack:
     """The `mlopsbench` compose project: a throwaway .env with fresh secrets and free ports, its own images."""
 
     def __init__(self, workdir: Path) -> None:
-        self.ports = {key: free_port() for key in ("AIRFLOW_PORT", "MLFLOW_PORT", "MODEL_SERVER_PORT")}
+        keys = ("AIRFLOW_PORT", "MLFLOW_PORT", "MODEL_SERVER_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT")
+        self.ports = {key: free_port() for key in keys}
         self.env_file = workdir / "bench.env"
         sets = [arg for key, port in self.ports.items() for arg in ("--set", f"{key}={port}")]
         make_env = [sys.executable, str(ROOT / "scripts" / "make_env.py"), "--env-file", str(self.env_file), *sets]
@@ -215,8 +216,8 @@ class Stack:
 
     def down(self) -> None:
         """Containers, network and volumes gone; killed first, since nothing of it is kept."""
-        self.compose("kill", check=False)
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "0", check=False)
+        self.compose("--profile", "monitoring", "kill", check=False)
+        self.compose("--profile", "monitoring", "down", "--volumes", "--remove-orphans", "--timeout", "0", check=False)
 
 
 # --- load: wrk for single rows (keep-alive, C, one thread), http.client for the big batch

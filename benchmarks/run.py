@@ -25,13 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import compose_parts
+import monitoring_cost
 import report
 import serving
 from common import BENCH, AirflowError, BenchError, Stack, log, machine
 
-PARTS = ("serving-compose", "serving-vs-training", "serving-local", "training", "cold-start", "memory", "recovery")
+PARTS = (
+    "serving-compose",
+    "monitoring",
+    "serving-vs-training",
+    "serving-local",
+    "training",
+    "cold-start",
+    "memory",
+    "recovery",
+)
 # the order they run in
-COMPOSE = ("cold-start", "memory", "serving-compose", "serving-vs-training", "training", "recovery")
+COMPOSE = ("cold-start", "memory", "serving-compose", "monitoring", "serving-vs-training", "training", "recovery")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,6 +126,9 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
             results.attempt("memory", lambda: results.add("memory", memory(stack, starts)))
         if "serving-compose" in wanted:
             results.attempt("serving-compose", lambda: serving_compose(stack, args, results))
+        if "monitoring" in wanted:
+            part = "monitoring"
+            results.attempt(part, lambda: results.add(part, monitoring_cost.measure(stack, args.runs, args.seconds)))
         if "serving-vs-training" in wanted:
             part = "serving-vs-training"
             results.attempt(

@@ -154,17 +154,19 @@ def docker_proxy_pids(port: int) -> list[int]:
     return pids
 
 
-def switch(stack: Stack, compiled: bool) -> None:
-    """MODEL_SERVER_COMPILED in the stack's .env, then the model-server recreated (what a user does)."""
-    lines = stack.env_file.read_text().splitlines()
-    value = f"MODEL_SERVER_COMPILED={'true' if compiled else 'false'}"
-    lines = [value if ln.startswith("MODEL_SERVER_COMPILED=") else ln for ln in lines]
-    if value not in lines:
-        lines.append(value)
-    stack.env_file.write_text("\n".join(lines) + "\n")
+def recreate_with(stack: Stack, key: str, value: str) -> None:
+    """KEY=value in the stack's .env, then the model-server recreated and answering (what a user does)."""
+    lines = [ln for ln in stack.env_file.read_text().splitlines() if not ln.startswith(f"{key}=")]
+    stack.env_file.write_text("\n".join([*lines, f"{key}={value}"]) + "\n")
     stack.compose("up", "-d", "--no-deps", "--wait", "model-server", timeout=300)
+    wait_for(f"the model-server with {key}={value}", lambda: predicts(stack.model_url), 120)
+
+
+def switch(stack: Stack, compiled: bool) -> None:
+    """MODEL_SERVER_COMPILED on or off."""
+    recreate_with(stack, "MODEL_SERVER_COMPILED", "true" if compiled else "false")
     want = "onnxruntime" if compiled else "scikit-learn"
-    wait_for(f"the model-server on {want}", lambda: predicts(stack.model_url) and runtime(stack.model_url) == want, 120)
+    wait_for(f"the model-server on {want}", lambda: runtime(stack.model_url) == want, 120)
 
 
 def compose(stack: Stack, runs: int, seconds: int, info: dict) -> dict[str, Any]:

@@ -103,10 +103,13 @@ class ComposeProject:
     """A compose project of the compose suites: its own project name, images, .env (fresh secrets, `make env`'s
     way) and free host ports, so a user's stack is never touched. Suites subclass it with their own checks."""
 
-    def __init__(self, workdir: Path, project: str, compose_files: tuple[str, ...] = ("docker-compose.yml",)) -> None:
+    def __init__(
+        self, workdir: Path, project: str, compose_files: tuple[str, ...] = ("docker-compose.yml",), **settings: str
+    ) -> None:
+        """`settings`: more .env values (KEY="value")."""
         names = ("AIRFLOW_PORT", "MLFLOW_PORT", "MODEL_SERVER_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT")
         self.ports = {name: free_port() for name in names}
-        self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()})
+        self.env_file = make_env_file(workdir / ".env", **{k: str(v) for k, v in self.ports.items()}, **settings)
         self.cfg = read_env_file(self.env_file)
         self.env = stack_env(
             COMPOSE_PROJECT_NAME=project,

@@ -55,6 +55,13 @@ def test_local_demo_end_to_end(tmp_path: Path) -> None:
         answer = requests.post(f"{model_url}/invocations", json=seed, timeout=30)
         assert answer.json() == {"predictions": [0]}
         assert answer.headers["X-Model-Uri"] == "models:/iris-classifier/1"
+        # Local mode's model-server counts for Prometheus too (model-server.sh's multiprocess directory).
+        counted = [
+            line
+            for line in requests.get(f"{model_url}/metrics", timeout=10).text.splitlines()
+            if line.startswith('model_server_requests_total{endpoint="/invocations",code="200"}')
+        ]
+        assert counted and float(counted[0].split()[-1]) >= 1, counted
 
         # Airflow's API refuses calls without credentials.
         airflow = f"http://127.0.0.1:{ports['AIRFLOW_PORT']}"

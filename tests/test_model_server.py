@@ -23,6 +23,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import predictors
@@ -59,6 +60,14 @@ def app_client(name: str = "", fixed_uri: str = "", max_body: int = 0, compiled:
     )
     with TestClient(app) as client:
         yield client
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` with these labels in the app's /metrics."""
+    text = client.get("/metrics").text
+    families = text_string_to_metric_families(text)
+    samples = [s for f in families for s in f.samples if s.name == name]
+    return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def promote(tracking_server: str, name: str, **cfg: int) -> str:
@@ -157,7 +166,13 @@ def test_switches_to_a_new_champion_without_a_failed_request(tracking: str) -> N
                     failures.append(f"{r.status_code} {r.text[:100]}")
                 versions.append(r.headers.get("X-Model-Version", ""))
 
-        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        totals: list[float] = []
+
+        def scrape() -> None:  # /metrics during the switch: the request total never goes down
+            while not stop.is_set():
+                totals.append(metric(client, "model_server_requests_total", endpoint="/invocations", code="200"))
+
+        threads = [threading.Thread(target=hammer) for _ in range(2)] + [threading.Thread(target=scrape)]
         for t in threads:
             t.start()
         try:
@@ -168,9 +183,12 @@ def test_switches_to_a_new_champion_without_a_failed_request(tracking: str) -> N
             stop.set()
             for t in threads:
                 t.join(timeout=30)
+        info = {v: metric(client, "model_server_model_info", model_name=name, model_version=v) for v in (old, new)}
     assert failures == []
     assert old in versions and new in versions
     assert versions.index(new) > versions.index(old) and old not in versions[versions.index(new) :]
+    assert len(totals) > 1 and totals == sorted(totals)
+    assert info == {old: 0.0, new: 1.0}  # the info metric followed the switch
 
 
 def test_keeps_serving_when_the_new_champion_cannot_load(tracking: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -178,6 +196,7 @@ def test_keeps_serving_when_the_new_champion_cannot_load(tracking: str, caplog: 
     serving = promote(tracking, name)
     client = MlflowClient(tracking)
     with app_client(name) as app:
+        failed_before = metric(app, "model_server_model_loads_total", result="failure")
         empty_run = client.create_run(client.get_experiment_by_name("serve-test").experiment_id).info
         client.set_terminated(empty_run.run_id)
         broken = client.create_model_version(name, source=f"{empty_run.artifact_uri}/model", run_id=empty_run.run_id)
@@ -186,6 +205,7 @@ def test_keeps_serving_when_the_new_champion_cannot_load(tracking: str, caplog: 
         answer = app.post("/invocations", json=SEED)
         assert answer.json() == {"predictions": [0]} and answer.headers["X-Model-Version"] == serving
         assert app.get("/ping").status_code == 200
+        assert metric(app, "model_server_model_loads_total", result="failure") > failed_before
     assert f"still serving models:/{name}/{serving}" in caplog.text
 
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, make_env_file, require_compose
 
 MONITORING = ROOT / "monitoring"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -123,3 +123,37 @@ def test_grafana_does_not_phone_home() -> None:
     keys = ("REPORTING_ENABLED", "CHECK_FOR_UPDATES", "CHECK_FOR_PLUGIN_UPDATES")
     assert [env[f"GF_ANALYTICS_{key}"] for key in keys] == ["false"] * 3
     assert env["GF_NEWS_NEWS_FEED_ENABLED"] == "false"
+
+
+@pytest.mark.parametrize("switch", ["true", "false"])
+def test_airflows_opentelemetry_switch_reaches_every_airflow_service(switch: str, tmp_path) -> None:  # noqa: ANN001
+    """What Airflow reads with AIRFLOW_OTEL_METRICS on and off (the scale suite runs the DAG with it on; the hop into
+    Prometheus needs the official image: docs/monitoring.md)."""
+    require_compose()
+    env_file = make_env_file(tmp_path / ".env", AIRFLOW_OTEL_METRICS=switch)
+    config = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--profile",
+            "monitoring",
+            "config",
+            "--format",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    services = json.loads(config.stdout)["services"]
+    airflow = [name for name in services if name.startswith("airflow-")]
+    assert len(airflow) == 4
+    for name in airflow:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__METRICS__OTEL_ON"] == switch, name
+        assert env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] == "http://prometheus:9090/api/v1/otlp/v1/metrics"
+    assert "--web.enable-otlp-receiver" in services["prometheus"]["command"]

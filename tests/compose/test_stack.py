@@ -237,9 +237,18 @@ def test_3d_every_alert_rule_is_loaded_and_every_dashboard_query_returns_data(st
     assert all(rules[name]["health"] == "ok" for name in ALERTS), {n: rules[n].get("lastError") for n in ALERTS}
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 10
-    # Grafana fills $__rate_interval from the scrape interval; five minutes covers this suite's history.
-    empty = [e for e in exprs if not stack.promql(e.replace("$__rate_interval", "5m"))]
-    assert not empty, f"dashboard queries without data: {empty}"
+    # Grafana fills $__rate_interval from the scrape interval; five minutes covers this suite's history. A rate
+    # needs two scrapes (15 s apart) of a series: the model-server's series are a few seconds old here.
+    empty: list[str] = []
+
+    def all_have_data() -> bool:
+        empty[:] = [e for e in exprs if not stack.promql(e.replace("$__rate_interval", "5m"))]
+        return not empty
+
+    try:
+        wait_for("every dashboard query to return data", all_have_data, 60, interval=5)
+    except TimeoutError:
+        pytest.fail(f"dashboard queries without data: {empty}")
 
 
 def test_3e_grafana_serves_the_provisioned_dashboard(stack: Stack) -> None:

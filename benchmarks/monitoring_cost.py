@@ -1,0 +1,96 @@
+"""Monitoring: what `/metrics` costs serving, and what the monitoring profile costs in memory.
+
+1. The compose model-server at 4 keep-alive connections (wrk, single rows) with MODEL_SERVER_METRICS=true and
+   =false, alternating `runs` times (each switch recreates the service through the stack's .env, as a user would),
+   so drift of the machine spreads over both. Target: with ÷ without >= 0.95.
+2. The profile's services (Prometheus, the Pushgateway, Grafana where its image exists) started beside the stack,
+   scraping it for a minute: their memory (`docker stats`), reported, no target.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from common import Stack, detail, log, target, wrk
+from compose_parts import idle_memory
+from serving import docker_proxy_pids, recreate_with
+
+METRICS_SHARE = 0.95
+PROFILE = ["prometheus", "pushgateway", "grafana"]
+SCRAPE_FOR_S = 60
+
+
+def metrics_cost(stack: Stack, runs: int, seconds: int) -> dict[str, Any]:
+    raw: dict[str, Any] = {"on": [], "off": []}
+    try:
+        for i in range(runs):
+            for key in ("on", "off"):
+                recreate_with(stack, "MODEL_SERVER_METRICS", "true" if key == "on" else "false")
+                pids = {
+                    "server": [stack.init_pid("model-server")],
+                    "docker-proxy": docker_proxy_pids(stack.ports["MODEL_SERVER_PORT"]),
+                }
+                wrk(stack.model_url, 4, 1, pids)  # warm-up: every worker has answered
+                raw[key].append(wrk(stack.model_url, 4, seconds, pids))
+                log(f"monitoring: run {i + 1}/{runs}, /metrics {key}: {raw[key][-1]['rps']:,.0f} req/s")
+    finally:
+        recreate_with(stack, "MODEL_SERVER_METRICS", "true")
+    return raw
+
+
+def profile_memory(stack: Stack) -> dict[str, float]:
+    present = [
+        s
+        for s in PROFILE
+        if s != "grafana" or stack.run("docker", "image", "inspect", grafana_image(stack), check=False).returncode == 0
+    ]
+    stack.compose("--profile", "monitoring", "up", "-d", "--no-build", "--wait", *present, timeout=300)
+    try:
+        time.sleep(SCRAPE_FOR_S)  # a benchmark's wait, not an ordering: a minute of scrapes before measuring
+        memory = idle_memory(stack)
+        return {name: memory[name] for name in present if name in memory}
+    finally:
+        stack.compose("--profile", "monitoring", "rm", "-s", "-f", *present, check=False)
+
+
+def grafana_image(stack: Stack) -> str:
+    out = stack.compose("--profile", "monitoring", "config", "--images").stdout.split()
+    return next(image for image in out if image.startswith("grafana/"))
+
+
+def measure(stack: Stack, runs: int, seconds: int) -> tuple[list[dict], list[dict], list[str]]:
+    raw = metrics_cost(stack, runs, seconds)
+    ratios = [on["rps"] / off["rps"] for on, off in zip(raw["on"], raw["off"], strict=True)]
+    on = statistics.median(r["rps"] for r in raw["on"])
+    off = statistics.median(r["rps"] for r in raw["off"])
+    targets = [
+        target(
+            "monitoring",
+            "/invocations at 4 conn.: with /metrics ÷ without",
+            ratios,
+            "x",
+            METRICS_SHARE,
+            f"{on:,.0f} vs {off:,.0f} req/s (MODEL_SERVER_METRICS=false, same run)",
+            "higher",
+        )
+    ]
+    rows = [
+        detail("monitoring", f"4 conn.: throughput, /metrics {k}", [r["rps"] for r in raw[k]], "req/s")
+        for k in ("on", "off")
+    ]
+    rows += [
+        detail("monitoring", f"4 conn.: p99 latency, /metrics {k}", [r["p99_us"] / 1e3 for r in raw[k]], "ms")
+        for k in ("on", "off")
+    ]
+    memory = profile_memory(stack)
+    rows += [detail("monitoring", f"idle memory: {name}", [mib], "MiB") for name, mib in memory.items()]
+    rows.append(detail("monitoring", "idle memory: the profile", [sum(memory.values())], "MiB"))
+    notes = [
+        f"The monitoring profile's services after {SCRAPE_FOR_S} s of scraping the stack: "
+        + ", ".join(f"{n} {m:.0f} MiB" for n, m in memory.items())
+        + ("" if "grafana" in memory else " (no Grafana image on this engine: not measured)")
+        + "."
+    ]
+    return targets, rows, notes
