@@ -29,8 +29,8 @@ from prometheus_client import (
 )
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
-# A prediction takes well under a millisecond in ONNX Runtime and a few in scikit-learn: the low buckets resolve
-# both; the high ones catch a 10,000-row request and a stalled worker.
+# The low buckets resolve single-row answers of both runtimes (benchmarks/results.md has their latencies); the high
+# ones catch large batches and a stalled worker.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 # A classifier's classes are labels; more distinct values than this (a regressor, a text model) are not counted
 # by class, so a model cannot blow up the number of series.

@@ -40,6 +40,9 @@ def test_dag_shape(dagbag) -> None:  # noqa: ANN001
     }
     for task_id in ("train", "evaluate", "register"):
         assert dag.get_task(task_id).retries >= 1, task_id
+    # A finished run reports its duration and outcome to the Pushgateway (airflow/models/pipeline_metrics.py).
+    assert dag.on_success_callback.__name__ == "report_success"
+    assert dag.on_failure_callback.__name__ == "report_failure"
 
 
 def test_parsing_does_not_import_heavy_libraries() -> None:

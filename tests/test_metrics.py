@@ -155,8 +155,12 @@ def test_classes_are_counted_only_for_one_label_per_row() -> None:
 
 
 # --- a real server: gunicorn with 2 workers (model-server.sh) --------------------------------------------------
-@pytest.fixture
-def two_workers(tracking_server: str, trained_run: str, tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
+@pytest.fixture(scope="module")
+def two_workers(
+    tracking_server: str, trained_run: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, int]]:
+    """One server for both tests (either order: one counts only 200s, the other only 413s)."""
+    tmp_path = tmp_path_factory.mktemp("two-workers")
     port = free_port()
     env = pinned_server_env(tracking_server, trained_run, port, workers="2")
     env[metrics.MULTIPROC_DIR] = str(tmp_path / "counts")
