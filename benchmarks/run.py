@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="mlopsbench-"))
     try:
-        if any(p.startswith("serving") for p in args.parts):
+        if any(p.startswith("serving") or p == "monitoring" for p in args.parts):
             results["client"] = results.attempt("load tools", ensure_load_tools) or ""
         if [p for p in COMPOSE if p in args.parts]:
             results.attempt("compose", lambda: compose_session(args, results, tmp))

@@ -14,7 +14,9 @@ and the served model's name, version, run ID and runtime.
 from __future__ import annotations
 
 import os
+from collections import Counter as Tally
 from collections.abc import Iterable
+from functools import cache
 
 import numpy as np
 from prometheus_client import (
@@ -60,9 +62,26 @@ MODEL_LOADS = Counter(
 )
 
 
+# Each request touches a few labelled series: their children are looked up once (prometheus-client's labels() takes
+# a lock and builds a key every time), which keeps the per-request cost of counting to a few microseconds.
+@cache
+def requests_child(endpoint: str, code: int) -> Counter:
+    return REQUESTS.labels(endpoint, str(code))
+
+
+@cache
+def latency_child(endpoint: str) -> Histogram:
+    return LATENCY.labels(endpoint)
+
+
+@cache
+def prediction_child(value: object) -> Counter:
+    return PREDICTIONS.labels(str(value))
+
+
 def observe(endpoint: str, code: int, seconds: float) -> None:
-    REQUESTS.labels(endpoint, str(code)).inc()
-    LATENCY.labels(endpoint).observe(seconds)
+    requests_child(endpoint, code).inc()
+    latency_child(endpoint).observe(seconds)
 
 
 def predicted(predictions: np.ndarray) -> None:
@@ -70,10 +89,14 @@ def predicted(predictions: np.ndarray) -> None:
     ROWS.inc(len(predictions))
     if predictions.ndim != 1 or predictions.dtype.kind not in "iubOU":
         return  # probabilities, regression values: rows only
-    values, counts = np.unique(predictions, return_counts=True)
-    if len(values) <= MAX_CLASSES:
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            PREDICTIONS.labels(str(value)).inc(count)
+    if len(predictions) <= 64:  # a few rows (the usual request): a Python tally is several times faster than unique
+        counts = Tally(predictions.tolist())
+    else:
+        values, n = np.unique(predictions, return_counts=True)
+        counts = dict(zip(values.tolist(), n.tolist(), strict=True))
+    if len(counts) <= MAX_CLASSES:
+        for value, count in counts.items():
+            prediction_child(value).inc(count)
 
 
 def predicted_json(predictions: Iterable[object] | None) -> None:
