@@ -42,8 +42,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from http import HTTPStatus
@@ -227,6 +227,8 @@ class ModelWatcher:
         self.counted = counted  # count loads and the served model (metrics.py), and pass it on to Loaded
         self.current: Loaded | None = None
         self.stopped = threading.Event()
+        self.loading = threading.Event()  # set while a load is under way
+        self.first_loaded = threading.Event()  # set once any model serves
         self.last_hint = 0.0
 
     def start(self) -> threading.Event:
@@ -246,11 +248,14 @@ class ModelWatcher:
             first_attempt.set()
             if self.fixed_uri and self.current:
                 return  # a fixed model never changes
-            self.stopped.wait(self.poll_seconds)
+            # Until a model serves, look every second: every worker polls on its own, and one that found the new
+            # champion seconds after another would answer 503 meanwhile.
+            self.stopped.wait(self.poll_seconds if self.current else min(1.0, self.poll_seconds))
 
     def refresh(self) -> None:
         if self.fixed_uri:
-            self.swap(load(self.fixed_uri, compiled=self.compiled, counted=self.counted))
+            with self.loading_flag():
+                self.swap(load(self.fixed_uri, compiled=self.compiled, counted=self.counted))
             return
         try:
             target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
@@ -261,10 +266,20 @@ class ModelWatcher:
             return
         log.info("model-server: loading %s version %s (run %s)", self.model_name, target.version, target.run_id)
         uri = f"models:/{self.model_name}/{target.version}"
-        self.swap(load(uri, target.version, target.run_id or "", compiled=self.compiled, counted=self.counted))
+        with self.loading_flag():
+            self.swap(load(uri, target.version, target.run_id or "", compiled=self.compiled, counted=self.counted))
+
+    @contextmanager
+    def loading_flag(self) -> Iterator[None]:
+        self.loading.set()
+        try:
+            yield
+        finally:
+            self.loading.clear()
 
     def swap(self, new: Loaded) -> None:
         old, self.current = self.current, new  # one reference assignment: a request sees old or new, never neither
+        self.first_loaded.set()
         if self.counted:
             name = "" if self.fixed_uri else self.model_name
             metrics.loaded(ok=True)
@@ -344,6 +359,9 @@ def create_app(
 
     async def invocations(request: Request) -> Response:
         current = watcher.current  # the model this request uses from start to end
+        if current is None and watcher.loading.is_set():  # the first model is on its way: wait for it, not a 503
+            await asyncio.to_thread(watcher.first_loaded.wait, FIRST_LOAD_WAIT_SECONDS)
+            current = watcher.current
         if current is None:
             return not_loaded()
         content_type = request.headers.get("content-type")

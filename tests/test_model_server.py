@@ -150,6 +150,34 @@ def test_errors_are_json_with_the_model_headers(tracking: str, trained_run: str)
         assert huge.status_code == 400 and "digits" in huge.json()["message"]
 
 
+def test_a_request_during_the_first_load_waits_for_it(tracking: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker polls on its own: one still loading the first champion must not answer 503 while another
+    already serves (make demo's curl met exactly that). The load is held at a gate so the request surely arrives
+    during it."""
+    name = f"iris-first-{uuid.uuid4().hex[:8]}"
+    gate, loading = threading.Event(), threading.Event()
+    real_load = serve.load
+
+    def gated_load(*args: object, **kwargs: object) -> serve.Loaded:
+        loading.set()
+        assert gate.wait(60)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(serve, "load", gated_load)
+    with app_client(name) as client:
+        assert client.post("/invocations", json=SEED).status_code == 503  # nothing to load yet: at once
+        promote(tracking, name)
+        assert loading.wait(30), "the watcher did not start loading the new champion"
+        answers: list = []
+        request = threading.Thread(target=lambda: answers.append(client.post("/invocations", json=SEED)))
+        request.start()
+        request.join(timeout=1.0)
+        assert request.is_alive() and not answers, f"answered during the load: {answers}"
+        gate.set()
+        request.join(timeout=60)
+    assert answers[0].status_code == 200 and answers[0].json() == {"predictions": [0]}
+
+
 def test_switches_to_a_new_champion_without_a_failed_request(tracking: str) -> None:
     name = f"iris-swap-{uuid.uuid4().hex[:8]}"
     old = promote(tracking, name)
