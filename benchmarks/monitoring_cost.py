@@ -60,8 +60,9 @@ def grafana_image(stack: Stack) -> str:
     return next(image for image in out if image.startswith("grafana/"))
 
 
-def measure(stack: Stack, runs: int, seconds: int) -> tuple[list[dict], list[dict], list[str]]:
-    raw = metrics_cost(stack, runs, seconds)
+def measure(stack: Stack, runs: int, seconds: int, raw_out: dict) -> tuple[list[dict], list[dict], list[str]]:
+    """The rows of this part; its wrk runs go to raw_out["monitoring"]."""
+    raw = raw_out["monitoring"] = metrics_cost(stack, runs, seconds)
     ratios = [on["rps"] / off["rps"] for on, off in zip(raw["on"], raw["off"], strict=True)]
     on = statistics.median(r["rps"] for r in raw["on"])
     off = statistics.median(r["rps"] for r in raw["off"])
@@ -82,6 +83,16 @@ def measure(stack: Stack, runs: int, seconds: int) -> tuple[list[dict], list[dic
     ]
     rows += [
         detail("monitoring", f"4 conn.: p99 latency, /metrics {k}", [r["p99_us"] / 1e3 for r in raw[k]], "ms")
+        for k in ("on", "off")
+    ]
+    # The server's own CPU per request: less noisy than throughput on a shared machine (the cost of counting).
+    rows += [
+        detail(
+            "monitoring",
+            f"4 conn.: server CPU per request, /metrics {k}",
+            [r["cpu_ms"]["server"] * 1000 for r in raw[k]],
+            "us",
+        )
         for k in ("on", "off")
     ]
     memory = profile_memory(stack)

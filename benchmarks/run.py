@@ -128,7 +128,9 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
             results.attempt("serving-compose", lambda: serving_compose(stack, args, results))
         if "monitoring" in wanted:
             part = "monitoring"
-            results.attempt(part, lambda: results.add(part, monitoring_cost.measure(stack, args.runs, args.seconds)))
+            results.attempt(
+                part, lambda: results.add(part, monitoring_cost.measure(stack, args.runs, args.seconds, results["raw"]))
+            )
         if "serving-vs-training" in wanted:
             part = "serving-vs-training"
             results.attempt(
