@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from shim_warnings import AIRFLOW_SHIM_WARNING
 from stackclient import Airflow
@@ -31,6 +32,21 @@ def pytest_configure(config: pytest.Config) -> None:
     """The project's one filter for skops' probe of Airflow's deprecated shims, as a pytest filter (pytest resets
     Python's filters around each test)."""
     config.addinivalue_line("filterwarnings", f"ignore:{AIRFLOW_SHIM_WARNING}")
+
+
+def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """The samples called `name` whose labels include `labels`."""
+    found = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                found.append((s.labels, s.value))
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sum of the matching samples (0 when there is none, as for a counter never incremented)."""
+    return sum(v for _, v in samples(text, name, **labels))
 
 
 def free_port() -> int:

@@ -16,32 +16,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import metrics
 import serve
-from conftest import ROOT, free_port, pinned_server_env, service
+from conftest import ROOT, free_port, pinned_server_env, samples, service, value
 
 SEED = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
 JSON = {"Content-Type": "application/json"}
 LIMIT = 4096  # the 2-worker server's body limit
 PREDICTIONS = "model_server_predictions_total"
-
-
-def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    """The samples called `name` whose labels include `labels`."""
-    found = []
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                found.append((s.labels, s.value))
-    return found
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    """The sum of the matching samples (0 when there is none, as for a counter never incremented)."""
-    return sum(v for _, v in samples(text, name, **labels))
 
 
 def requests_total(text: str, endpoint: str, code: int) -> float:

@@ -23,7 +23,6 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import predictors
@@ -35,6 +34,7 @@ from conftest import (
     keep_alive_ms,
     pinned_server_env,
     service,
+    value,
     wait_for,
 )
 from test_predictors import shifted_roots
@@ -63,11 +63,7 @@ def app_client(name: str = "", fixed_uri: str = "", max_body: int = 0, compiled:
 
 
 def metric(client: TestClient, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` with these labels in the app's /metrics."""
-    text = client.get("/metrics").text
-    families = text_string_to_metric_families(text)
-    samples = [s for f in families for s in f.samples if s.name == name]
-    return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
+    return value(client.get("/metrics").text, name, **labels)
 
 
 def promote(tracking_server: str, name: str, **cfg: int) -> str:
@@ -308,10 +304,10 @@ def test_the_compiled_path_is_switched_by_the_environment(
     tracking: str, trained_run: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri = f"runs:/{trained_run}/model"
-    for value, runtime in (("false", "scikit-learn"), ("true", "onnxruntime"), ("", "onnxruntime")):
-        monkeypatch.setenv("MODEL_SERVER_COMPILED", value)
+    for switch, runtime in (("false", "scikit-learn"), ("true", "onnxruntime"), ("", "onnxruntime")):
+        monkeypatch.setenv("MODEL_SERVER_COMPILED", switch)
         with TestClient(serve.create_app(fixed_uri=uri)) as client:
-            assert client.get("/model").json()["runtime"] == runtime, value
+            assert client.get("/model").json()["runtime"] == runtime, switch
     monkeypatch.setenv("MODEL_SERVER_COMPILED", "yes")
     with pytest.raises(SystemExit, match="MODEL_SERVER_COMPILED='yes' must be true or false"):
         serve.create_app(fixed_uri=uri)
