@@ -44,7 +44,7 @@ def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], f
     return found
 
 
-def value(text: str, name: str, **labels: str) -> float:
+def metric_value(text: str, name: str, **labels: str) -> float:
     """The sum of the matching samples (0 when there is none, as for a counter never incremented)."""
     return sum(v for _, v in samples(text, name, **labels))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, free_port, make_env_file, stack_env, value, wait_until_up
+from conftest import ROOT, free_port, make_env_file, metric_value, stack_env, wait_until_up
 from stackenv import read_env_file
 
 pytestmark = pytest.mark.local
@@ -57,7 +57,7 @@ def test_local_demo_end_to_end(tmp_path: Path) -> None:
         assert answer.headers["X-Model-Uri"] == "models:/iris-classifier/1"
         # Local mode's model-server counts for Prometheus too (model-server.sh's multiprocess directory).
         scraped = requests.get(f"{model_url}/metrics", timeout=10).text
-        assert value(scraped, "model_server_requests_total", endpoint="/invocations", code="200") >= 1, scraped
+        assert metric_value(scraped, "model_server_requests_total", endpoint="/invocations", code="200") >= 1, scraped
 
         # Airflow's API refuses calls without credentials.
         airflow = f"http://127.0.0.1:{ports['AIRFLOW_PORT']}"

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 import metrics
 import serve
-from conftest import ROOT, free_port, pinned_server_env, samples, service, value
+from conftest import ROOT, free_port, metric_value, pinned_server_env, samples, service
 
 SEED = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
 JSON = {"Content-Type": "application/json"}
@@ -29,7 +29,7 @@ PREDICTIONS = "model_server_predictions_total"
 
 
 def requests_total(text: str, endpoint: str, code: int) -> float:
-    return value(text, "model_server_requests_total", endpoint=endpoint, code=str(code))
+    return metric_value(text, "model_server_requests_total", endpoint=endpoint, code=str(code))
 
 
 @pytest.fixture
@@ -62,23 +62,25 @@ def test_counts_each_answer_by_endpoint_and_status_code(client: TestClient, trai
     expected |= {("/invocations", 413): 1, ("/invocations", 405): 1, ("unmatched", 404): 1, ("/ping", 200): 1}
     assert {key: delta(*key) for key in expected} == expected
     assert (
-        value(after.text, "model_server_predicted_rows_total") - value(before, "model_server_predicted_rows_total") == 3
+        metric_value(after.text, "model_server_predicted_rows_total")
+        - metric_value(before, "model_server_predicted_rows_total")
+        == 3
     )
     by_class = {
-        c: value(after.text, "model_server_predictions_total", prediction=c)
-        - value(before, "model_server_predictions_total", prediction=c)
+        c: metric_value(after.text, "model_server_predictions_total", prediction=c)
+        - metric_value(before, "model_server_predictions_total", prediction=c)
         for c in "012"
     }
     assert by_class == {"0": 2, "1": 0, "2": 1}
-    observed = value(after.text, "model_server_request_duration_seconds_count", endpoint="/invocations") - value(
-        before, "model_server_request_duration_seconds_count", endpoint="/invocations"
-    )
+    observed = metric_value(
+        after.text, "model_server_request_duration_seconds_count", endpoint="/invocations"
+    ) - metric_value(before, "model_server_request_duration_seconds_count", endpoint="/invocations")
     assert observed == 6  # every /invocations answer but the router's 405 is timed
     # The info metric names what /model reports, with the value 1.
     info = client.get("/model").json()
     served = [labels for labels, v in samples(after.text, "model_server_model_info", run_id=trained_run) if v == 1]
     assert served and served[0]["runtime"] == info["runtime"] and served[0]["model_uri"] == info["model_uri"]
-    assert value(after.text, "model_server_model_loads_total", result="success") >= 1
+    assert metric_value(after.text, "model_server_model_loads_total", result="success") >= 1
 
 
 def test_counts_what_mlflows_full_path_answers(client: TestClient) -> None:
@@ -88,8 +90,8 @@ def test_counts_what_mlflows_full_path_answers(client: TestClient) -> None:
     assert client.post("/invocations", content=body, headers=JSON).json() == {"predictions": [2]}
     after = client.get("/metrics").text
     assert (
-        value(after, "model_server_predictions_total", prediction="2")
-        - value(before, "model_server_predictions_total", prediction="2")
+        metric_value(after, "model_server_predictions_total", prediction="2")
+        - metric_value(before, "model_server_predictions_total", prediction="2")
         == 1
     )
 
@@ -201,7 +203,7 @@ def test_two_workers_add_up_exactly_and_a_killed_worker_loses_nothing(two_worker
     assert {f"counter_{pid}.db" for pid in worker_pids(master)} <= files, f"both workers answered: {files}"
     for _ in range(5):  # whichever worker answers the scrape, it reports both
         assert requests_total(scrape(url), "/invocations", 200) == 1000
-    assert value(scrape(url), "model_server_predicted_rows_total") == 1000
+    assert metric_value(scrape(url), "model_server_predicted_rows_total") == 1000
 
     victim = worker_pids(master)[0]
     os.kill(victim, signal.SIGKILL)

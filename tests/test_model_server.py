@@ -32,9 +32,9 @@ from conftest import (
     ROOT,
     free_port,
     keep_alive_ms,
+    metric_value,
     pinned_server_env,
     service,
-    value,
     wait_for,
 )
 from test_predictors import shifted_roots
@@ -63,7 +63,7 @@ def app_client(name: str = "", fixed_uri: str = "", max_body: int = 0, compiled:
 
 
 def metric(client: TestClient, name: str, **labels: str) -> float:
-    return value(client.get("/metrics").text, name, **labels)
+    return metric_value(client.get("/metrics").text, name, **labels)
 
 
 def promote(tracking_server: str, name: str, **cfg: int) -> str:

@@ -17,7 +17,7 @@ import requests
 import yaml
 
 import train_model
-from conftest import ROOT, ComposeProject, keep_alive_ms, require_docker_engine
+from conftest import ROOT, ComposeProject, keep_alive_ms, metric_value, require_docker_engine
 from make_env import SECRET_KEYS
 from stackenv import COMPOSE_CORE, read_env_file, wait_for
 from ui_flow import require_chromium, run_ui_flow
@@ -203,11 +203,7 @@ def test_3c_prometheus_sees_serving_mlflow_and_the_pipeline(stack: Stack) -> Non
         assert bad.status_code == 400
     served = requests.get(f"{stack.model_url}/model", timeout=10).json()
     direct = requests.get(f"{stack.model_url}/metrics", timeout=10).text
-    ok = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in direct.splitlines()
-        if line.startswith("model_server_requests_total{") and 'code="200"' in line and '"/invocations"' in line
-    )
+    ok = metric_value(direct, "model_server_requests_total", endpoint="/invocations", code="200")
 
     def scraped(expr: str, want: float | None = None) -> list[dict] | None:
         series = stack.promql(expr)
