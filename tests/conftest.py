@@ -204,6 +204,11 @@ class ComposeProject:
         assert answer["status"] == "success", (expr, answer)
         return answer["data"]["result"]
 
+    def promql_value(self, expr: str) -> float | None:
+        """The value of the first series `expr` returns (None when it returns none)."""
+        series = self.promql(expr)
+        return float(series[0]["value"][1]) if series else None
+
     def airflow(self) -> Airflow:
         """The project's Airflow client, logged in as this stack's admin."""
         return Airflow(self.airflow_url, self.cfg["AIRFLOW_ADMIN_USERNAME"], self.cfg["AIRFLOW_ADMIN_PASSWORD"])

@@ -287,20 +287,17 @@ def test_3_tasks_of_several_runs_ran_on_two_workers(stack: ScaleStack) -> None:
 def test_3b_prometheus_has_what_the_workers_pushed_and_scrapes_the_servers(stack: ScaleStack) -> None:
     """The register task runs on a Celery worker and pushes the gate's decision; the dag-processor runs the DAG's
     callbacks and pushes the run's outcome: both reach the same Pushgateway and Prometheus."""
-
-    def value(expr: str) -> float | None:
-        series = stack.promql(expr)
-        return float(series[0]["value"][1]) if series else None
-
-    wait_for("the pushed gate decision", lambda: value('mlops_model_promoted{model="iris-classifier"}') == 1, 90, 3)
-    assert value('mlops_model_test_accuracy{model="iris-classifier"}') >= 0.9
-    wait_for("the pushed DAG run", lambda: value('mlops_dag_run_succeeded{dag_id="mlops_pipeline"}') == 1, 90, 3)
-    assert value('mlops_dag_run_duration_seconds{dag_id="mlops_pipeline"}') > 0
+    promoted = 'mlops_model_promoted{model="iris-classifier"}'
+    wait_for("the pushed gate decision", lambda: stack.promql_value(promoted) == 1, 90, 3)
+    assert stack.promql_value('mlops_model_test_accuracy{model="iris-classifier"}') >= 0.9
+    succeeded = 'mlops_dag_run_succeeded{dag_id="mlops_pipeline"}'
+    wait_for("the pushed DAG run", lambda: stack.promql_value(succeeded) == 1, 90, 3)
+    assert stack.promql_value('mlops_dag_run_duration_seconds{dag_id="mlops_pipeline"}') > 0
     for job in ("model-server", "mlflow-server", "pushgateway"):
-        wait_for(f"{job} scraped", lambda job=job: value(f'up{{job="{job}"}}') == 1, 60, 3)
+        wait_for(f"{job} scraped", lambda job=job: stack.promql_value(f'up{{job="{job}"}}') == 1, 60, 3)
     # test_2 recreated the model-server just before its last request: the next scrape (15 s) brings that count.
     served = 'sum(model_server_requests_total{endpoint="/invocations",code="200"})'
-    wait_for("the model-server's request count", lambda: (value(served) or 0) >= 1, 60, 3)
+    wait_for("the model-server's request count", lambda: (stack.promql_value(served) or 0) >= 1, 60, 3)
     # The OpenTelemetry switch as Airflow reads it, where the tasks ran (and those runs succeeded).
     for name in ("airflow-worker", "airflow-scheduler"):
         out = stack.sh(name, "airflow config get-value metrics otel_on").stdout  # with the exporter's log lines

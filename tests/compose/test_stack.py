@@ -221,9 +221,9 @@ def test_3c_prometheus_sees_serving_mlflow_and_the_pipeline(stack: Stack) -> Non
     assert scraped('sum(mlflow_http_request_total{job="mlflow-server",status="200"})')
     pushed = 'mlops_dag_run_succeeded{dag_id="mlops_pipeline"}'
     wait_for("the DAG run pushed", lambda: scraped(pushed, 1.0), 90, interval=3)
-    assert float(stack.promql('mlops_dag_run_duration_seconds{dag_id="mlops_pipeline"}')[0]["value"][1]) > 0
-    assert float(stack.promql('mlops_model_test_accuracy{model="iris-classifier"}')[0]["value"][1]) >= 0.9
-    assert float(stack.promql('mlops_model_promoted{model="iris-classifier"}')[0]["value"][1]) == 1
+    assert stack.promql_value('mlops_dag_run_duration_seconds{dag_id="mlops_pipeline"}') > 0
+    assert stack.promql_value('mlops_model_test_accuracy{model="iris-classifier"}') >= 0.9
+    assert stack.promql_value('mlops_model_promoted{model="iris-classifier"}') == 1
 
 
 def test_3d_every_alert_rule_is_loaded_and_every_dashboard_query_returns_data(stack: Stack) -> None:
