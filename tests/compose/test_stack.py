@@ -218,7 +218,8 @@ def test_3c_prometheus_sees_serving_mlflow_and_the_pipeline(stack: Stack) -> Non
     info = wait_for("the info metric", lambda: scraped("model_server_model_info == 1"), 60, interval=3)
     assert [series["metric"]["model_version"] for series in info] == [served["model_version"]] == ["1"]
     assert info[0]["metric"]["runtime"] == served["runtime"]
-    assert scraped('sum(mlflow_http_request_total{job="mlflow-server",status="200"})')
+    mlflow_ok = 'sum(mlflow_http_request_total{job="mlflow-server",status="200"})'
+    wait_for("MLflow's request count in Prometheus", lambda: scraped(mlflow_ok), 60, interval=3)
     pushed = 'mlops_dag_run_succeeded{dag_id="mlops_pipeline"}'
     wait_for("the DAG run pushed", lambda: scraped(pushed, 1.0), 90, interval=3)
     assert stack.promql_value('mlops_dag_run_duration_seconds{dag_id="mlops_pipeline"}') > 0
