@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .PHONY: help env venv demo up down logs local-demo local-up local-down local-status local-restart-model \
-        scale-env scale-demo scale-up scale-down monitoring-env monitoring-up monitoring-down test test-fast lint format bench clean
+        scale-env scale-demo scale-up scale-down monitoring-env monitoring-up monitoring-down screenshots test test-fast lint format bench clean
 
 help: ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ monitoring-down: ## monitoring: stop the profile's services (their history volum
 	$(MONITORING_COMPOSE) --profile monitoring rm -f $(MONITORING_SERVICES)
 
 # --- Local mode (no Docker) ------------------------------------------------------------------------
+screenshots: venv ## on a running stack: README step 6 in a real browser (one DAG run), its key screens into docs/images/
+	$(PY) scripts/screenshots.py
+
 local-demo: env venv ## local: the same flow as `make demo`, as local processes
 	$(PY) scripts/demo.py local
 

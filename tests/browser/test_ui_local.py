@@ -1,8 +1,10 @@
 """The README's UI walkthrough in a headless Chromium, against a local-mode stack of its own.
 
 Brings up `scripts/local.py up` with a throwaway .env (free ports) and state folder, runs ui_flow.run_ui_flow
-(login, unpause with the toggle, Trigger, watch the run go green, MLflow run -> Artifacts ->
-confusion_matrix.png), and always brings the stack down again. Screenshots: tests/artifacts/browser/local/.
+(login, unpause with the toggle, Trigger, watch the run go green; MLflow from its home page: the Model training
+switch, the run's parameters and metrics, both plots, the registered model with its champion alias), publishes the
+named screens as `make screenshots` does, and always brings the stack down again. Screenshots:
+tests/artifacts/browser/local/.
 Skipped without /usr/bin/chromium (apt-get install chromium); REQUIRE_BROWSER=1 makes that a failure.
 """
 
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port, make_env_file, stack_env
+from screenshots import SCREENS, publish
+from stackclient import registry_champion
 from stackenv import read_env_file
 from ui_flow import require_chromium, run_ui_flow
 
@@ -100,7 +104,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def test_readme_ui_flow_in_a_browser(local_stack: dict[str, str]) -> None:
+def test_readme_ui_flow_in_a_browser(local_stack: dict[str, str], tmp_path: Path) -> None:
     result = run_ui_flow(
         local_stack["airflow_url"],
         local_stack["mlflow_url"],
@@ -116,7 +120,16 @@ def test_readme_ui_flow_in_a_browser(local_stack: dict[str, str]) -> None:
     assert result["triggered_by"] == "ui", f"the run was not triggered from the UI: {result['triggered_by']}"
     assert result["was_paused"] is True, "the DAG was paused for the test, but the flow did not click its toggle"
     assert len(result["mlflow_run_id"]) == 32, result["mlflow_run_id"]
-    assert result["artifact_image"]["width"] > 100 and result["artifact_image"]["height"] > 100, result
+    # The run's Overview showed the seed's hyper-parameters (ui_flow checked the page against MLflow's REST answer).
+    assert result["run_params"] == {"n_estimators": "100", "max_depth": "3"}, result["run_params"]
+    for plot in ("confusion_matrix.png", "feature_importance.png"):
+        size = result["artifact_images"][plot]
+        assert size["width"] > 100 and size["height"] > 100, (plot, size)
+    status, champion = registry_champion(local_stack["mlflow_url"], "iris-classifier", {})
+    assert status == 200 and result["champion_shown"] == champion, (result["champion_shown"], status, champion)
+    # Nothing in either UI asked a host other than the stack's two (MLflow's UI telemetry is off on the server).
+    stack_hosts = {local_stack[u].split("//", 1)[1].rstrip("/") for u in ("airflow_url", "mlflow_url")}
+    assert set(result["hosts"]) <= stack_hosts, f"the UIs called out: {set(result['hosts']) - stack_hosts}"
 
     shots = [Path(p) for p in result["screenshots"]]
     names = [p.stem.split("-", 1)[1] for p in shots]
@@ -126,13 +139,20 @@ def test_readme_ui_flow_in_a_browser(local_stack: dict[str, str]) -> None:
         "airflow-dag-unpaused",
         "airflow-trigger-dialog",
         "airflow-run-success",
+        "mlflow-home",
+        "mlflow-model-training",
         "mlflow-experiment-runs",
         "mlflow-run",
-        "mlflow-artifacts",
-        "mlflow-confusion-matrix",
-        "confusion-matrix-preview",
+        "mlflow-artifact-confusion-matrix",
+        "mlflow-artifact-feature-importance",
+        "mlflow-model-registry",
+        "mlflow-registered-model",
     ):
         assert step in names, f"no screenshot of step {step}: {names}"
+    published = publish(result["screens"], tmp_path)
+    assert [p.name for p in published] == [f"{name}.png" for name in SCREENS]
+    for path in published:
+        assert png_size(path) == png_size(Path(result["screens"][path.stem])), path  # smaller file, same picture
     for shot in shots:
         assert shot.parent == SHOTS and shot.is_file(), shot
         assert shot.stat().st_size > 1000, f"{shot} is (nearly) empty"

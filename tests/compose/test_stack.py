@@ -19,6 +19,7 @@ import yaml
 import train_model
 from conftest import ROOT, ComposeProject, keep_alive_ms, metric_value, require_docker_engine
 from make_env import SECRET_KEYS
+from stackclient import mlflow_login, registry_champion
 from stackenv import COMPOSE_CORE, read_env_file, wait_for
 from ui_flow import require_chromium, run_ui_flow
 
@@ -446,9 +447,13 @@ def test_7b_the_readme_ui_path_in_a_real_browser(stack: Stack) -> None:
     result = run_ui_flow(
         stack.airflow_url, stack.mlflow_url, cfg["AIRFLOW_ADMIN_USERNAME"], cfg["AIRFLOW_ADMIN_PASSWORD"], shots
     )
-    assert result["dag_run_state"] == "success" and result["triggered_by"] == "ui", result
-    assert result["artifact_image"]["width"] > 100, result
     stack.expected_runs += 1
+    assert result["dag_run_state"] == "success" and result["triggered_by"] == "ui", result
+    assert all(size["width"] > 100 for size in result["artifact_images"].values()), result["artifact_images"]
+    status, champion = registry_champion(stack.mlflow_url, "iris-classifier", mlflow_login(cfg))
+    assert status == 200 and result["champion_shown"] == champion, (result["champion_shown"], status, champion)
+    stack_hosts = {url.split("//", 1)[1] for url in (stack.airflow_url, stack.mlflow_url)}
+    assert set(result["hosts"]) <= stack_hosts, f"the UIs called out: {set(result['hosts']) - stack_hosts}"
 
 
 def test_7c_no_secret_in_the_logs(stack: Stack) -> None:

@@ -1,14 +1,17 @@
-"""The README's UI walkthrough (step 6) in a real headless Chromium, against any running stack.
+"""The README's UI walkthrough (step 6) in a real headless Chromium with a fresh profile, against any running stack.
 
 Log into the Airflow UI, make sure `mlops_pipeline` is unpaused (the toggle), trigger it with the Trigger
-button, watch the run until it is green, then open the MLflow UI, find the MLflow run that this DAG run's
-`train` task logged, open its Artifacts tab and look at `confusion_matrix.png` (logged by `evaluate`).
-A screenshot is saved at every step.
+button, watch the run until it is green; then MLflow from its home page, by the names the README gives: close the
+assistant panel, switch the sidebar to Model training, Experiments -> the experiment -> the run that this DAG run's
+`train` task logged (its parameters and metrics), its Artifacts (both plots), Model registry -> `iris-classifier`
+with its `champion` alias. A screenshot is saved at every step; the README's named screens are checked for the
+texts the README says they show (`make screenshots` publishes them, scripts/screenshots.py).
 
 Everything a user does happens in the browser. The REST API is only read: the run's state (to know when to stop
 watching), its task states (progress screenshots, failure message) and the `train` task's XCom (which MLflow run
 to look for). The one write, optional, is test setup: `pause_first=True` pauses the DAG so the toggle gets clicked.
-The REST calls go through the project's client (scripts/stackclient.py), every wait through stackenv.wait_for.
+The REST calls go through the project's client (scripts/stackclient.py), every wait through stackenv.wait_for;
+one more read: the MLflow run's parameters, which its Overview must show.
 
 Usable from any suite (local mode, compose):
 
@@ -28,17 +31,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-from stackclient import Airflow, AirflowError
+from stackclient import Airflow, AirflowError, http
 from stackenv import wait_for
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Browser, Locator, Page, Request
 
 DAG_ID = "mlops_pipeline"
 EXPERIMENT = "mlops_pipeline"
-ARTIFACT = "confusion_matrix.png"
+MODEL = "iris-classifier"
+ARTIFACTS = ("confusion_matrix.png", "feature_importance.png")  # the two plots `evaluate` logs
+PARAMS = ("n_estimators", "max_depth")  # the seed's hyper-parameters, shown on the run's Overview
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 # Root, no GPU, closed network: no sandbox, and none of Chromium's own background traffic.
 CHROMIUM_ARGS = [
@@ -99,26 +104,54 @@ def mlflow_run_id_from(value: object) -> str:
     return text
 
 
+def run_params(mlflow_url: str, run_id: str, headers: dict[str, str]) -> dict[str, str]:
+    """The run's hyper-parameters as MLflow stores them (what its Overview must show): one REST read."""
+    status, body = http("GET", f"{mlflow_url}/api/2.0/mlflow/runs/get?run_id={run_id}", headers=headers)
+    if status != 200 or not isinstance(body, dict):
+        raise UIFlowError(f"MLflow answered HTTP {status} for run {run_id}: {body}")
+    stored = {p["key"]: p["value"] for p in body["run"]["data"].get("params", [])}
+    missing = [k for k in PARAMS if k not in stored]
+    if missing:
+        raise UIFlowError(f"run {run_id} has no parameter {missing} (it has {sorted(stored)})")
+    return {k: stored[k] for k in PARAMS}
+
+
 class _Flow:
     def __init__(self, browser: Browser, shots_dir: Path) -> None:
         self.context = browser.new_context(viewport=VIEWPORT)
         self.context.set_default_timeout(ACTION_TIMEOUT_MS)
         self.context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
-        # Cosmetic only: MLflow 3 opens its assistant side panel on first load; keep the screenshots wide.
-        self.context.add_init_script(
-            "try { localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-            " localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true') } catch (e) {}"
-        )
+        # A fresh profile, as a newcomer's browser: nothing in localStorage, every first-visit panel shows.
         self.page: Page = self.context.new_page()
+        self.hosts: set[str] = set()  # every host the pages asked something of (the UIs must not call out)
+        self.page.on("request", self._asked)
         self.shots_dir = shots_dir
         self.shots: list[Path] = []
+        self.screens: dict[str, Path] = {}  # the named screens of README step 6 (make screenshots copies them)
         self.timings: dict[str, float] = {}
+
+    def _asked(self, request: Request) -> None:
+        if request.url.startswith(("http:", "https:", "ws:", "wss:")):  # not blob: or data: (the image previews)
+            self.hosts.add(urlsplit(request.url).netloc)
 
     def shot(self, name: str) -> Path:
         path = self.shots_dir / f"{len(self.shots) + 1:02d}-{name}.png"
         self.page.screenshot(path=str(path), full_page=False)
         self.shots.append(path)
         return path
+
+    def screen(self, name: str, *texts: str | re.Pattern[str]) -> Path:
+        """A named screen of README step 6: every text the README says it shows must be on it, then a screenshot."""
+        from playwright.sync_api import expect
+
+        for text in texts:
+            try:
+                expect(self.page.get_by_text(text, exact=True).filter(visible=True).first).to_be_visible()
+            except AssertionError:
+                shown = text if isinstance(text, str) else text.pattern
+                raise UIFlowError(f"the screen '{name}' does not show '{shown}' (README step 6 says it does)") from None
+        self.screens[name] = self.shot(name)
+        return self.screens[name]
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -176,7 +209,7 @@ def _airflow_open_dag(flow: _Flow, airflow_url: str, dag_id: str, timeout: float
     except TimeoutError as exc:
         raise UIFlowError(str(exc)) from None
     page.get_by_test_id("trigger-dag-button").wait_for(state="visible")
-    flow.shot("airflow-dag")
+    flow.screen("airflow-dag", dag_id, "Trigger")
 
 
 def _airflow_unpause(flow: _Flow) -> bool:
@@ -280,23 +313,41 @@ def _airflow_watch_run(
         except AssertionError:
             raise UIFlowError(f"the API says the run is {state} but the UI still shows '{_text(badge)}'") from None
     tasks = api.task_states(dag_id, dag_run_id)
-    flow.shot(f"airflow-run-{state}")
+    flow.screen(f"airflow-run-{state}", dag_id)
     return state, tasks
 
 
-def _mlflow_open_run(flow: _Flow, mlflow_url: str, experiment: str, mlflow_run_id: str) -> str:
-    """Experiments -> the experiment -> the run's row; returns the experiment ID from the run's URL."""
+def _mlflow_home(flow: _Flow, mlflow_url: str) -> None:
+    """MLflow's home page in its default GenAI view: close the assistant panel, switch to Model training."""
     from playwright.sync_api import expect
 
     page = flow.page
-    page.goto(f"{mlflow_url}/#/experiments")
-    # MLflow 3 starts in its GenAI view, where an experiment opens on traces; runs live under "Model training".
-    training_view = page.get_by_text("Model training", exact=True)
+    page.goto(f"{mlflow_url}/")
+    page.get_by_text("Welcome to MLflow", exact=True).wait_for(state="visible")
+    # MLflow 3.17 opens its assistant panel on a first visit, a moment after the page (MLflow has no setting for it).
+    assistant = page.get_by_text("MLflow Assistant").filter(visible=True)  # the panel's title (with "Beta")
     try:
-        training_view.wait_for(state="visible", timeout=15_000)
-        training_view.click()
-    except Exception:  # noqa: S110 - older UIs have no such switch and show runs directly
+        assistant.first.wait_for(state="visible", timeout=15_000)
+    except Exception:  # noqa: S110 - a browser that closed it before, or a UI without it: nothing to close
         pass
+    flow.screen("mlflow-home", "GenAI", "Model training")
+    if assistant.count():
+        close = page.get_by_role("button", name="Close", exact=True).filter(visible=True)  # the panel's ×
+        close.first.click()
+        expect(close).to_have_count(0)
+    registry = page.get_by_role("link", name="Model registry", exact=True)
+    page.get_by_role("button", name="Model training", exact=True).click()
+    registry.wait_for(state="visible")
+    flow.screen("mlflow-model-training", "Experiments", "Model registry")
+
+
+def _mlflow_open_run(flow: _Flow, experiment: str, mlflow_run_id: str, params: dict[str, str]) -> str:
+    """Experiments -> the experiment -> the run; its Overview shows the parameters and the metrics.
+    Returns the experiment ID from the run's URL."""
+    from playwright.sync_api import expect
+
+    page = flow.page
+    page.get_by_role("link", name="Experiments", exact=True).click()
     page.get_by_role("link", name=experiment, exact=True).first.click()
     run_link = page.locator(f'a[href*="/runs/{mlflow_run_id}"]').first
     try:
@@ -308,38 +359,62 @@ def _mlflow_open_run(flow: _Flow, mlflow_url: str, experiment: str, mlflow_run_i
         search.press("Enter")
         run_link.wait_for(state="visible")
     run_link.hover()  # highlights the row in the screenshot
-    flow.shot("mlflow-experiment-runs")
+    flow.screen("mlflow-experiment-runs", experiment, "Runs")
     run_link.click()
     page.wait_for_url(re.compile(rf"#/experiments/[^/]+/runs/{mlflow_run_id}"))
     expect(page.get_by_test_id("key-value-Run ID")).to_contain_text(mlflow_run_id)
-    flow.shot("mlflow-run")
+    headings = [re.compile(rf"^{h} \(\d+\)$") for h in ("Metrics", "Parameters", "Logged models")]
+    flow.screen("mlflow-run", *headings, *[t for kv in params.items() for t in kv], "accuracy", "f1_macro")
     found = re.search(r"#/experiments/([^/]+)/runs/", page.url)
     return found.group(1) if found else ""
 
 
-def _mlflow_show_artifact(flow: _Flow, artifact: str) -> dict:
-    """The run's Artifacts tab, then the image in the tree; the preview must be a loaded image."""
+def _mlflow_show_artifacts(flow: _Flow, artifacts: tuple[str, ...]) -> dict[str, dict]:
+    """The run's Artifacts tab, then each image in the tree; each preview must be a loaded image."""
     page = flow.page
     page.get_by_role("tab", name="Artifacts").click()
-    node = page.get_by_test_id("artifact-tree-node").filter(has_text=artifact).first
+    sizes = {}
+    for artifact in artifacts:
+        node = page.get_by_test_id("artifact-tree-node").filter(has_text=artifact).first
+        try:
+            node.wait_for(state="visible")
+        except Exception:
+            names = [n.strip() for n in page.get_by_test_id("artifact-tree-node").all_text_contents()]
+            raise UIFlowError(f"{artifact} is not among the run's artifacts in the UI: {names}") from None
+        node.click()
+        image = page.locator(f'img[alt="{artifact}"]').first  # the preview (its src is a blob: URL)
+        image.wait_for(state="visible")
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=ACTION_TIMEOUT_MS
+        )
+        sizes[artifact] = image.evaluate("img => ({width: img.naturalWidth, height: img.naturalHeight})")
+        flow.screen(f"mlflow-artifact-{artifact.rsplit('.', 1)[0].replace('_', '-')}", artifact)
+    return sizes
+
+
+def _mlflow_registry(flow: _Flow, model: str) -> str:
+    """Model registry -> the model; returns the version the page shows with the alias `champion` ("" if none)."""
+    from playwright.sync_api import expect
+
+    page = flow.page
+    page.get_by_role("link", name="Model registry", exact=True).click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=model, exact=True))
+    row.first.wait_for(state="visible")
+    # A first visit announces the new Model Registry UI in a dialog (already on): close it.
+    dialog = page.get_by_role("dialog").filter(has_text="Model Registry UI")
     try:
-        node.wait_for(state="visible")
-    except Exception:
-        names = [n.strip() for n in page.get_by_test_id("artifact-tree-node").all_text_contents()]
-        raise UIFlowError(f"{artifact} is not among the run's artifacts in the UI: {names}") from None
-    flow.shot("mlflow-artifacts")
-    node.click()
-    image = page.locator(f'img[alt="{artifact}"]').first  # the preview (its src is a blob: URL)
-    image.wait_for(state="visible")
-    page.wait_for_function(
-        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=ACTION_TIMEOUT_MS
-    )
-    size = image.evaluate("img => ({width: img.naturalWidth, height: img.naturalHeight, src: img.src})")
-    flow.shot("mlflow-confusion-matrix")
-    preview = flow.shots_dir / f"{len(flow.shots) + 1:02d}-confusion-matrix-preview.png"
-    image.screenshot(path=str(preview))
-    flow.shots.append(preview)
-    return size
+        dialog.first.wait_for(state="visible", timeout=5_000)
+        dialog.first.get_by_role("button", name="Close").first.click()
+        dialog.first.wait_for(state="hidden")
+    except Exception:  # noqa: S110 - a browser that closed it before, or a UI without it
+        pass
+    expect(page.locator("[class*=modal-mask]").filter(visible=True)).to_have_count(0)  # its shade has faded
+    flow.screen("mlflow-model-registry", "Registered Models", model)
+    found = re.search(r"@\s*champion\s*:?\s*Version\s+(\d+)", row.first.inner_text())
+    page.get_by_role("link", name=model, exact=True).first.click()
+    page.wait_for_url(re.compile(rf"#/models/{re.escape(model)}$"))
+    flow.screen("mlflow-registered-model", model, "Versions", "Aliases")
+    return found.group(1) if found else ""
 
 
 def run_ui_flow(
@@ -351,7 +426,9 @@ def run_ui_flow(
     *,
     dag_id: str = DAG_ID,
     experiment: str = EXPERIMENT,
-    artifact: str = ARTIFACT,
+    model: str = MODEL,
+    artifacts: tuple[str, ...] = ARTIFACTS,
+    mlflow_headers: dict[str, str] | None = None,
     run_timeout: float = 900,
     dag_timeout: float = 300,
     pause_first: bool = False,
@@ -360,6 +437,7 @@ def run_ui_flow(
 
     airflow_url, mlflow_url: where a browser on this machine reaches the UIs (e.g. http://127.0.0.1:8080).
     shots_dir: emptied of PNGs, then one screenshot per step (NN-step.png); FAILED-step.png on failure.
+    mlflow_headers: for the one REST read of the MLflow run's parameters (MLFLOW_AUTH's basic-auth header).
     run_timeout: how long the DAG run may take; dag_timeout: how long the DAG may take to appear in the UI.
     pause_first: pause the DAG through the REST API before starting, so the UI toggle is exercised too
     (this stack creates DAGs unpaused). Only setup: unpausing and triggering happen in the browser.
@@ -401,10 +479,15 @@ def run_ui_flow(
                     f"Read their logs in the Airflow UI; last screenshot: {flow.shots[-1]}"
                 )
             mlflow_run_id = mlflow_run_id_from(api.xcom(dag_id, dag_run_id, "train"))
+            params = run_params(mlflow_url, mlflow_run_id, mlflow_headers or {})
+            with flow.step("mlflow-home"):
+                _mlflow_home(flow, mlflow_url)
             with flow.step("mlflow-open-run"):
-                experiment_id = _mlflow_open_run(flow, mlflow_url, experiment, mlflow_run_id)
-            with flow.step("mlflow-artifact"):
-                image = _mlflow_show_artifact(flow, artifact)
+                experiment_id = _mlflow_open_run(flow, experiment, mlflow_run_id, params)
+            with flow.step("mlflow-artifacts"):
+                images = _mlflow_show_artifacts(flow, artifacts)
+            with flow.step("mlflow-registry"):
+                champion = _mlflow_registry(flow, model)
         finally:
             browser.close()
 
@@ -416,7 +499,11 @@ def run_ui_flow(
         "was_paused": was_paused,
         "mlflow_run_id": mlflow_run_id,
         "mlflow_experiment_id": experiment_id,
-        "artifact_image": image,
+        "run_params": params,
+        "artifact_images": images,
+        "champion_shown": champion,
+        "hosts": sorted(flow.hosts),
         "screenshots": [str(p) for p in flow.shots],
+        "screens": {name: str(path) for name, path in flow.screens.items()},
         "timings_s": {**flow.timings, "total": round(time.monotonic() - started, 1)},
     }
