@@ -224,6 +224,7 @@ def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
             server_env = {**env, "MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id}
             server_env.update(MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(port), MODEL_SERVER_WORKERS="")
             server_env["MODEL_SERVER_COMPILED"] = compiled
+            server_env["INFERENCE_LOG_DIR"] = str(tmp / f"inference-log-{key}")  # on, as in compose
             server = start([str(ROOT / "mlflow" / "model-server.sh")], tmp / f"model-server-{key}.log", server_env)
             procs.append(server)
             up = lambda s=server, u=url: alive_and(s, lambda: predicts(u))  # noqa: E731

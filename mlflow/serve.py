@@ -19,6 +19,9 @@
    after it gave scikit-learn's answers on a wide check (predictors.py); ``GET /model`` names the runtime.
 7. ``GET /metrics``: requests by endpoint and status, latency, rows and classes predicted, the served model and its
    loads, in Prometheus's format, added up over all workers (metrics.py).
+8. It records what it predicts: every scored request, its rows, its predictions and the model that answered go to
+   the inference log (inference_log.py, for the drift monitor) under a request ID that the answer's
+   ``X-Request-Id`` header carries (a client's own valid ``X-Request-Id`` is kept).
 
 Before any model exists it answers 503 (so the healthcheck stays unhealthy) and says in its log what to do.
 
@@ -31,6 +34,8 @@ Usage (see model-server.sh): gunicorn --preload -k serve.Worker 'serve:create_ap
                                showed the same answers (predictors.py); false: always scikit-learn
   MODEL_SERVER_METRICS         true (default): count and serve /metrics; false: neither (no /metrics route)
   PROMETHEUS_MULTIPROC_DIR     where the workers' counts live (model-server.sh sets it; unset: this process only)
+  INFERENCE_LOG                true (default): record every scored request; false: record nothing
+  INFERENCE_LOG_DIR, _FLUSH_SECONDS, _RETENTION_DAYS, _MAX_MB: where and how (inference_log.py)
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ import gc
 import json
 import logging
 import os
+import re
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
@@ -65,11 +72,13 @@ from starlette.routing import Route
 from uvicorn_worker import UvicornWorker
 
 import metrics
+from inference_log import InferenceLog
 from predictors import RUNTIME, SKLEARN, Compiled, compile_model
 
 log = logging.getLogger("model-server")
 CHAMPION = "champion"
 FIRST_LOAD_WAIT_SECONDS = 20  # a worker starts answering (503 until loaded) if the first load takes longer
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's X-Request-Id is kept only if it is this plain
 
 
 class Worker(UvicornWorker):
@@ -111,6 +120,8 @@ class Loaded:
     run_id: str = ""
     compiled: Compiled | None = None  # the short path's predict when set (predictors.py), else scikit-learn's
     counted: bool = False  # count rows and classes predicted (metrics.py)
+    recorder: InferenceLog | None = None  # where scored requests are recorded (inference_log.py)
+    name: str = ""  # the registered model's name, for the inference log ("" for a pinned run)
 
     def info(self) -> dict[str, str]:
         runtime = RUNTIME if self.compiled else SKLEARN
@@ -141,23 +152,33 @@ class Loaded:
             return None
         return schema.inputs[0]
 
-    def score(self, body: bytes, content_type: str) -> Response:
+    def score(self, body: bytes, content_type: str, request_id: str = "") -> Response:
         """Answer one /invocations request as MLflow's scoring server does."""
+        headers = {**self.headers, "X-Request-Id": request_id} if request_id else self.headers
+        payload = None
         try:
             if is_utf8_json(content_type):
-                short = self.short_path(decode_json(body))
+                payload = decode_json(body)
+                short = self.short_path(payload, request_id)
                 if short is not None:
-                    return Response(short, headers=self.headers, media_type="application/json")
+                    return Response(short, headers=headers, media_type="application/json")
             result = scoring_server.invocations(body, content_type, self.model, self.input_schema)
         except MlflowException as exc:
-            return Response(exc.serialize_as_json(), exc.get_http_status_code(), self.headers, "application/json")
+            return Response(exc.serialize_as_json(), exc.get_http_status_code(), headers, "application/json")
         if result.mimetype == "application/json":
-            if self.counted and result.status == 200:
-                metrics.predicted_json(json.loads(result.response).get("predictions"))
-            return Response(result.response, result.status, self.headers, "application/json")
-        return error(result.status, result.response, self.headers)  # MLflow's plain-text 415s, as JSON
+            if result.status == 200 and (self.counted or self.recorder):
+                predictions = json.loads(result.response).get("predictions")
+                if self.counted:
+                    metrics.predicted_json(predictions)
+                self.record(request_id, input_rows(payload), predictions)
+            return Response(result.response, result.status, headers, "application/json")
+        return error(result.status, result.response, headers)  # MLflow's plain-text 415s, as JSON
 
-    def short_path(self, request: object) -> bytes | None:
+    def record(self, request_id: str, rows: Any, predictions: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.record(request_id, self.name, self.version, self.run_id, rows, predictions)
+
+    def short_path(self, request: object, request_id: str = "") -> bytes | None:
         """The answer to a decoded plain {"inputs": [[...], ...]}, or None for anything else and for any error
         (MLflow's full path then answers, and words the error)."""
         if self.tensor_spec is None:
@@ -180,7 +201,21 @@ class Loaded:
             return None  # MLflow's encoder handles the other output types
         if self.counted:
             metrics.predicted(predictions)
+        self.record(request_id, x, predictions)  # neither array is touched again here
         return json.dumps({"predictions": predictions.tolist()}).encode()
+
+
+def input_rows(payload: object) -> Any:
+    """The rows of a JSON payload MLflow's full path scored, for the inference log: the tensor forms' lists and
+    dataframe_split's data as they came; dataframe_records' values by position; None for a CSV body."""
+    if not isinstance(payload, dict) or len(payload) != 1:
+        return None
+    key, value = next(iter(payload.items()))
+    if key == "dataframe_split" and isinstance(value, dict):
+        return value.get("data")
+    if key == "dataframe_records" and isinstance(value, list):
+        return [list(row.values()) if isinstance(row, dict) else row for row in value]
+    return value if key in ("inputs", "instances") else None
 
 
 def fits(spec: Any, x: np.ndarray) -> bool:
@@ -202,11 +237,20 @@ def decode_json(body: bytes) -> object:
         ) from None
 
 
-def load(uri: str, version: str = "", run_id: str = "", compiled: bool = True, counted: bool = False) -> Loaded:
+def load(
+    uri: str,
+    version: str = "",
+    run_id: str = "",
+    compiled: bool = True,
+    counted: bool = False,
+    recorder: InferenceLog | None = None,
+    name: str = "",
+) -> Loaded:
     """Load a model completely (nothing is swapped yet), the way MLflow's scoring server loads it, and, for a
     scikit-learn tree ensemble served by the short path, its checked compiled copy (unless `compiled` is off)."""
     model = scoring_server.load_model_with_mlflow_config(uri)
-    loaded = Loaded(model, uri, version, run_id or (model.metadata.run_id or ""), counted=counted)
+    run_id = run_id or (model.metadata.run_id or "")
+    loaded = Loaded(model, uri, version, run_id, counted=counted, recorder=recorder, name=name)
     if compiled and loaded.tensor_spec is not None:
         loaded = replace(loaded, compiled=compile_model(model.get_raw_model(), model.input_example))
     log.info("model-server: %s predicts with %s", uri, loaded.info()["runtime"])
@@ -218,13 +262,20 @@ class ModelWatcher:
     loop never waits for a load)."""
 
     def __init__(
-        self, fixed_uri: str, model_name: str, poll_seconds: float, compiled: bool = True, counted: bool = False
+        self,
+        fixed_uri: str,
+        model_name: str,
+        poll_seconds: float,
+        compiled: bool = True,
+        counted: bool = False,
+        recorder: InferenceLog | None = None,
     ) -> None:
         self.fixed_uri = fixed_uri
         self.model_name = model_name
         self.poll_seconds = poll_seconds
         self.compiled = compiled
         self.counted = counted  # count loads and the served model (metrics.py), and pass it on to Loaded
+        self.recorder = recorder  # passed on to Loaded
         self.current: Loaded | None = None
         self.stopped = threading.Event()
         self.loading = threading.Event()  # set while a load is under way
@@ -255,7 +306,7 @@ class ModelWatcher:
     def refresh(self) -> None:
         if self.fixed_uri:
             with self.loading_flag():
-                self.swap(load(self.fixed_uri, compiled=self.compiled, counted=self.counted))
+                self.swap(load(self.fixed_uri, compiled=self.compiled, counted=self.counted, recorder=self.recorder))
             return
         try:
             target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
@@ -267,7 +318,17 @@ class ModelWatcher:
         log.info("model-server: loading %s version %s (run %s)", self.model_name, target.version, target.run_id)
         uri = f"models:/{self.model_name}/{target.version}"
         with self.loading_flag():
-            self.swap(load(uri, target.version, target.run_id or "", compiled=self.compiled, counted=self.counted))
+            self.swap(
+                load(
+                    uri,
+                    target.version,
+                    target.run_id or "",
+                    compiled=self.compiled,
+                    counted=self.counted,
+                    recorder=self.recorder,
+                    name=self.model_name,
+                )
+            )
 
     @contextmanager
     def loading_flag(self) -> Iterator[None]:
@@ -341,16 +402,24 @@ def create_app(
     max_body: int | None = None,
     compiled: bool | None = None,
     counted: bool | None = None,
+    recorder: InferenceLog | None | bool = True,
 ) -> Starlette:
-    """The app; arguments left out come from the environment (see the module docstring)."""
+    """The app; arguments left out come from the environment (see the module docstring). `recorder`: True reads
+    INFERENCE_LOG*, None records nothing."""
     env = os.environ.get
     counted = env_flag("MODEL_SERVER_METRICS", default=True) if counted is None else counted
+    if recorder is True:
+        try:
+            recorder = InferenceLog.from_env()
+        except ValueError as exc:
+            raise SystemExit(f"model-server: {exc}") from None
     watcher = ModelWatcher(
         fixed_uri=env("MODEL_URI", "") if fixed_uri is None else fixed_uri,
         model_name=model_name or env("REGISTERED_MODEL_NAME") or "iris-classifier",
         poll_seconds=poll_seconds or float(env("MODEL_POLL_SECONDS") or 5),
         compiled=env_flag("MODEL_SERVER_COMPILED", default=True) if compiled is None else compiled,
         counted=counted,
+        recorder=recorder or None,
     )
     max_body = max_body or int(env("MODEL_SERVER_MAX_BODY_BYTES") or 10 * 1024 * 1024)
 
@@ -373,7 +442,10 @@ def create_app(
             return error(413, message, current.headers, code="REQUEST_TOO_LARGE")
         # Inline, not in a thread: a worker scores one request at a time either way (predict holds the GIL),
         # and a thread hand-off costs two GIL waits per request. Model switches never block (ModelWatcher).
-        return current.score(body, content_type)
+        request_id = request.headers.get("x-request-id", "")
+        if not REQUEST_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
+        return current.score(body, content_type, request_id)
 
     async def ping(request: Request) -> Response:
         current = watcher.current
@@ -417,10 +489,14 @@ def create_app(
         # A worker accepts connections only after startup: one that starts while a model exists loads it first,
         # so no worker answers 503 beside one that serves (MODEL_SERVER_WORKERS > 1). The thread starts here,
         # in each worker, not in gunicorn's parent, which imported this module before forking.
+        if watcher.recorder:
+            watcher.recorder.start()  # its flusher thread, like the watcher's, belongs to this worker
         first_attempt = watcher.start()
         await asyncio.to_thread(first_attempt.wait, FIRST_LOAD_WAIT_SECONDS)
         yield
         watcher.stopped.set()
+        if watcher.recorder:
+            watcher.recorder.close()  # a clean stop (SIGTERM) writes every recorded request
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

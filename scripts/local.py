@@ -63,6 +63,7 @@ def local_overrides(service: str, cfg: dict[str, str]) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": mlflow_uri,
             "MODEL_SERVER_HOST": "127.0.0.1",
             "MODEL_SERVER_PORT": str(p["model"]),
+            "INFERENCE_LOG_DIR": str(STATE / "inference-log"),
         }
     return {}
 

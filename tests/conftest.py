@@ -26,6 +26,9 @@ from stackclient import Airflow
 from stackenv import read_env_file, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+# Model-servers the tests start (in process or as processes) record nothing unless a test turns the inference log
+# on with a directory of its own: its default directory is the image's.
+os.environ["INFERENCE_LOG"] = "false"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,10 +101,22 @@ def compose_v2() -> None:
     require_compose()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def training_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test that trains reads a throwaway data file (seeded with Iris on first use), never a user's
+    $AIRFLOW_HOME/data/iris.csv. Tests that change the data set TRAINING_DATA_PATH to a file of their own."""
+    path = tmp_path_factory.mktemp("training-data") / "iris.csv"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TRAINING_DATA_PATH", str(path))
+        yield path
+
+
 def stack_env(**extra: str) -> dict[str, str]:
     """The environment for a stack's scripts, without the MLFLOW_* variables other tests (and MLflow's
-    set_tracking_uri) leave in this process: the scripts must read the stack's own .env."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, **extra}
+    set_tracking_uri) leave in this process and the tests' TRAINING_DATA_PATH: the scripts must read the stack's
+    own .env."""
+    own = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "TRAINING_DATA_PATH"}
+    return {**own, **extra}
 
 
 def make_env_file(path: Path, **values: str) -> Path:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -37,6 +38,7 @@ from conftest import (
     service,
     wait_for,
 )
+from inference_log import InferenceLog
 from test_predictors import shifted_roots
 
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
@@ -311,6 +313,34 @@ def test_the_compiled_path_is_switched_by_the_environment(
     monkeypatch.setenv("MODEL_SERVER_COMPILED", "yes")
     with pytest.raises(SystemExit, match="MODEL_SERVER_COMPILED='yes' must be true or false"):
         serve.create_app(fixed_uri=uri)
+
+
+def test_every_scored_request_is_recorded_under_the_id_its_answer_carries(
+    tracking: str, trained_run: str, tmp_path: Path
+) -> None:
+    """Both scoring paths record what they answered; refused requests record nothing; a clean stop (the lifespan's
+    end, as on SIGTERM) writes everything. A client's plain X-Request-Id is kept, anything else replaced."""
+    from inference_data import read_inference_log
+
+    recorder = InferenceLog(tmp_path, flush_seconds=3600)  # nothing is written before the stop
+    app = serve.create_app(fixed_uri=f"runs:/{trained_run}/model", recorder=recorder)
+    split = {"dataframe_split": {"data": [[6.7, 3.0, 5.2, 2.3]]}}
+    with TestClient(app) as client:
+        answers = [client.post("/invocations", json=SEED) for _ in range(5)]
+        answers.append(client.post("/invocations", json=split))  # MLflow's full path
+        answers.append(client.post("/invocations", json=SEED, headers={"X-Request-Id": "client-id-1"}))
+        answers.append(client.post("/invocations", json=SEED, headers={"X-Request-Id": "bad id\twith tab"}))
+        refused = client.post("/invocations", json={"inputs": [[1.0, 2.0]]})
+        assert not list(tmp_path.rglob("*.jsonl")), "written before the stop: the flush interval was not honoured"
+    assert [a.status_code for a in answers] == [200] * 8 and refused.status_code == 400
+    ids = [a.headers["X-Request-Id"] for a in answers]
+    assert ids[6] == "client-id-1" and ids[7] != "bad id\twith tab" and len(set(ids)) == 8
+    frame = read_inference_log(tmp_path, since=datetime(2000, 1, 1, tzinfo=UTC))
+    assert sorted(frame["request_id"]) == sorted(ids)
+    assert set(frame["run_id"]) == {trained_run}
+    by_id = frame.set_index("request_id")
+    assert by_id.loc[ids[0], "prediction"] == 0 and by_id.loc[ids[5], "prediction"] == 2
+    assert by_id.loc[ids[5], ["f0", "f1", "f2", "f3"]].tolist() == [6.7, 3.0, 5.2, 2.3]
 
 
 def test_worker_count_must_be_a_whole_number() -> None:

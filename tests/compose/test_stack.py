@@ -357,6 +357,52 @@ def test_5b_a_killed_model_server_comes_back_by_itself_with_the_same_model(stack
     assert stack.predict() == {"predictions": [0]}
 
 
+def logged_request_ids(stack: Stack) -> list[str]:
+    """The request IDs in the model-server's inference log, as written (a line torn by a SIGKILL is no ID)."""
+    out = stack.compose("exec", "-T", "model-server", "sh", "-c", "cat /mlflow/inference-log/date=*/*.jsonl").stdout
+    ids = []
+    for line in out.splitlines():
+        try:
+            ids.append(json.loads(line)["request_id"])
+        except (ValueError, KeyError):
+            continue
+    return ids
+
+
+def send_tagged(stack: Stack, tag: str, n: int) -> list[str]:
+    ids = [f"{tag}-{i}" for i in range(n)]
+    with requests.Session() as session:
+        for request_id in ids:
+            answer = session.post(
+                f"{stack.model_url}/invocations", json=SEED_PAYLOAD, headers={"X-Request-Id": request_id}, timeout=10
+            )
+            assert answer.status_code == 200 and answer.headers["X-Request-Id"] == request_id, answer.text
+    return ids
+
+
+def test_5b2_the_inference_log_keeps_every_request_through_a_restart_and_all_but_the_last_second_through_a_kill(
+    stack: Stack,
+) -> None:
+    """N answered requests are N records with their IDs; a SIGKILL loses at most what arrived since the last flush
+    (INFERENCE_LOG_FLUSH_SECONDS, 1 s); a restart (SIGTERM) loses none."""
+    run = uuid.uuid4().hex[:8]
+    flushed = send_tagged(stack, f"{run}-flushed", 100)
+    wait_for("the log to hold 100 requests", lambda: set(flushed) <= set(logged_request_ids(stack)), 30)
+    unflushed = send_tagged(stack, f"{run}-unflushed", 50)
+    stack.compose("exec", "-T", "model-server", "sh", "-c", "kill -KILL -1", check=False)
+    wait_for("the model-server to serve again", lambda: stack.predict() == {"predictions": [0]}, 60)
+    stopped = send_tagged(stack, f"{run}-restarted", 100)
+    stack.compose("restart", "--timeout", "20", "model-server")
+    wait_for("the model-server to serve again", lambda: stack.predict() == {"predictions": [0]}, 60)
+    logged = [i for i in logged_request_ids(stack) if i.startswith(run)]
+    assert len(logged) == len(set(logged)), "a request was recorded twice"
+    assert set(flushed) <= set(logged), "records flushed before the kill were lost"
+    assert set(stopped) <= set(logged), "a clean restart lost records"
+    lost = set(unflushed) - set(logged)
+    stack.results["inference_log_lost_to_sigkill"] = len(lost)
+    assert set(logged) <= set(flushed) | set(unflushed) | set(stopped)
+
+
 def test_5c_training_survives_a_tracking_server_outage(stack: Stack) -> None:
     """The tracking server goes away while the pipeline runs: a task fails, its retry succeeds once the server
     is back, and update_run_id.sh never picks the half-written run of the failed attempt."""

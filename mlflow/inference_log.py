@@ -1,0 +1,239 @@
+"""The model-server's inference log: every scored request as one JSON line, for the drift monitor to read.
+
+A request must never wait for the log, so ``record()`` only appends a tuple to this worker's in-memory buffer;
+the timestamp is formatted, arrays become lists and JSON is encoded by a background thread that writes each
+flush as whole lines to ``<dir>/date=YYYY-MM-DD/<hostname>-<pid>.jsonl`` (the record's own UTC date, so a reader
+can tell from a partition's name which records it holds). One file per process: gunicorn's workers never share
+one, and a restarted worker with a reused pid appends after a newline. A SIGKILL loses at most the records of
+the last flush interval (written data is in the page cache); ``close()`` writes everything, so a clean shutdown
+loses none. Memory is bounded by ``max_buffered`` (further records are dropped and counted), disk by
+``retention_days`` and ``max_bytes`` (the oldest files go first).
+
+Fork-safe with ``gunicorn --preload``: nothing starts at import or construction; each worker calls ``start()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("model-server")
+
+# The keys of every line, in order; the monitor's reader (airflow/models/inference_data.py) checks them.
+FIELDS = ("ts", "request_id", "model_name", "model_version", "run_id", "inputs", "predictions")
+DEFAULT_DIR = "/mlflow/inference-log"
+MINUTE = 60  # how often the limits are checked and a drop is warned about
+MIB = 1024 * 1024
+# Records encoded between two hand-overs of the GIL: a request arriving during a flush waits for that many at most,
+# not for the interpreter's switch interval.
+CHUNK = 64  # records per write (see flush)
+
+
+class ConfigError(ValueError):
+    """An INFERENCE_LOG_* setting is unusable; the message names the variable."""
+
+
+def plain(value: Any) -> Any:
+    """Arrays and frames as lists, so JSON can encode what the request path handed over untouched."""
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def encodable(value: Any) -> Any:
+    """json's fallback: numpy scalars and arrays inside lists; anything else is refused."""
+    converted = plain(value)
+    if converted is value:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return converted
+
+
+ENCODER = json.JSONEncoder(separators=(",", ":"), default=encodable)
+
+
+def partition_date(path: Path) -> date | None:
+    """The day of a ``date=YYYY-MM-DD`` directory; None for anything else, which is left alone."""
+    try:
+        return date.fromisoformat(path.name.removeprefix("date=")) if path.name.startswith("date=") else None
+    except ValueError:
+        return None
+
+
+class InferenceLog:
+    """One process's log writer. ``dropped`` counts records that never reached a file (full buffer, failed
+    write, unencodable value), for /metrics."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        flush_seconds: float = 1.0,
+        retention_days: int = 7,
+        max_bytes: int = 512 * MIB,
+        max_buffered: int = 100_000,
+    ) -> None:
+        self.directory = Path(directory)
+        self.flush_seconds = flush_seconds
+        self.retention_days = retention_days
+        self.max_bytes = max_bytes
+        self.max_buffered = max_buffered
+        self.dropped = 0
+        self._buffer: deque[tuple] = deque()  # append and popleft are thread-safe without a lock
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned_at = -float("inf")
+        self._housekept_at = -float("inf")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> InferenceLog | None:
+        """The writer the environment asks for, or None when INFERENCE_LOG is false."""
+        env = os.environ if env is None else env
+
+        def number(name: str, default: str, kind: type, minimum: float) -> Any:
+            raw = env.get(name) or default
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = None
+            if value is None or not (minimum <= value < float("inf")):
+                what = "a whole number" if kind is int else "a number"
+                raise ConfigError(f"{name} must be {what} of at least {minimum}, got {raw!r}")
+            return value
+
+        switch = (env.get("INFERENCE_LOG") or "true").strip().lower()
+        if switch not in {"true", "false"}:
+            raise ConfigError(f"INFERENCE_LOG must be true or false, got {env.get('INFERENCE_LOG')!r}")
+        if switch == "false":
+            return None
+        return cls(
+            env.get("INFERENCE_LOG_DIR") or DEFAULT_DIR,
+            flush_seconds=number("INFERENCE_LOG_FLUSH_SECONDS", "1", float, 0.01),
+            retention_days=number("INFERENCE_LOG_RETENTION_DAYS", "7", int, 1),
+            max_bytes=number("INFERENCE_LOG_MAX_MB", "512", int, 1) * MIB,
+        )
+
+    def record(
+        self, request_id: str, model_name: str, model_version: str, run_id: str, inputs: Any, predictions: Any
+    ) -> bool:
+        """Queue one scored request (the caller must not mutate inputs or predictions afterwards); False when
+        the buffer is full and the record was dropped."""
+        if len(self._buffer) >= self.max_buffered:
+            self.dropped += 1
+            if time.monotonic() - self._warned_at >= MINUTE:
+                self._warned_at = time.monotonic()
+                log.warning(
+                    "inference log: buffer full (%d records), %d dropped so far", self.max_buffered, self.dropped
+                )
+            return False
+        self._buffer.append((time.time(), request_id, model_name, model_version, run_id, inputs, predictions))
+        return True
+
+    def start(self) -> None:
+        """Create the directory (a bad path fails here, loudly) and start this process's flusher thread."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the flusher and write everything still buffered."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the flusher must outlive any one bad flush
+                log.exception("inference log: flush failed")
+
+    def flush(self) -> None:
+        """Write the buffered records now, then enforce the limits if it is time to. Lines go out in chunks of
+        CHUNK records, each one unbuffered write: the GIL is released at each write, so a request waiting for
+        it never waits for a whole flush."""
+        with self._flush_lock:
+            pending: dict[str, list[str]] = {}
+            second, prefix = None, ""
+            for i in range(len(self._buffer)):
+                ts, request_id, name, version, run_id, inputs, predictions = self._buffer.popleft()
+                if int(ts) != second:  # a flush holds about a second's records: format its date and time once
+                    second = int(ts)
+                    prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                stamp = f"{prefix}.{int(ts % 1 * 1_000_000):06d}+00:00"
+                try:
+                    values = (stamp, request_id, name, version, run_id, plain(inputs), plain(predictions))
+                    line = ENCODER.encode(dict(zip(FIELDS, values, strict=True)))
+                except (TypeError, ValueError) as e:
+                    self.dropped += 1
+                    log.warning("inference log: request %s not encodable (%s), dropped", request_id, e)
+                    continue
+                pending.setdefault(stamp[:10], []).append(line)
+                if i % CHUNK == CHUNK - 1:
+                    self._write(pending)
+                    pending = {}
+            self._write(pending)
+            if time.monotonic() - self._housekept_at >= MINUTE:
+                self._housekept_at = time.monotonic()
+                try:
+                    self.enforce_limits()
+                except OSError as e:  # e.g. another user's file: the next check tries again, close() never fails
+                    log.warning("inference log: limits not enforced in %s: %s", self.directory, e)
+
+    def _write(self, pending: dict[str, list[str]]) -> None:
+        file = f"{socket.gethostname()}-{os.getpid()}.jsonl"  # at flush time: a forked worker has its own
+        for day, lines in pending.items():
+            self._append(self.directory / f"date={day}" / file, lines)
+
+    def _append(self, path: Path, lines: list[str]) -> None:
+        data = ("\n".join(lines) + "\n").encode()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a+b", buffering=0) as f:
+                if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                    data = b"\n" + data  # a torn line from a killed process stays one bad line, not two
+                f.write(data)
+        except OSError as e:
+            self.dropped += len(lines)
+            log.warning("inference log: %d records not written to %s: %s", len(lines), path, e)
+
+    def enforce_limits(self) -> None:
+        """Delete partitions older than retention_days, then the oldest files until under max_bytes. Workers
+        may race on the same files; whatever another already deleted is skipped."""
+        oldest_kept = datetime.now(UTC).date() - timedelta(days=self.retention_days)
+        files: list[tuple[date, float, Path, int]] = []
+        for part in self.directory.glob("date=*"):
+            day = partition_date(part)
+            if day is None or not part.is_dir():
+                continue
+            for file in part.glob("*.jsonl"):
+                try:
+                    stat = file.stat()
+                except FileNotFoundError:
+                    continue
+                if day < oldest_kept:
+                    file.unlink(missing_ok=True)
+                else:
+                    files.append((day, stat.st_mtime, file, stat.st_size))
+            if day < oldest_kept:
+                try:
+                    part.rmdir()
+                except OSError:
+                    pass  # not empty (a file that is not ours) or already gone
+        total = sum(size for *_, size in files)
+        for _day, _mtime, file, size in sorted(files):
+            if total <= self.max_bytes:
+                break
+            file.unlink(missing_ok=True)
+            total -= size
