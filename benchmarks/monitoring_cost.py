@@ -1,8 +1,9 @@
-"""Monitoring: what `/metrics` costs serving, and what the monitoring profile costs in memory.
+"""Monitoring: what `/metrics` and the inference log cost serving, and what the monitoring profile costs in memory.
 
 1. The compose model-server at 4 keep-alive connections (wrk, single rows) with MODEL_SERVER_METRICS=true and
    =false, alternating `runs` times (each switch recreates the service through the stack's .env, as a user would),
-   so drift of the machine spreads over both. Target: with ÷ without >= 0.95.
+   so drift of the machine spreads over both. Target: with ÷ without >= 0.95. The same for INFERENCE_LOG (the
+   inference log, docs/inference-log.md): >= 0.9.
 2. The profile's services (Prometheus, the Pushgateway, Grafana where its image exists) started beside the stack,
    scraping it for a minute: their memory (`docker stats`), reported, no target.
 """
@@ -17,26 +18,27 @@ from common import Stack, detail, log, target, wrk
 from compose_parts import idle_memory
 from serving import docker_proxy_pids, recreate_with
 
-METRICS_SHARE = 0.95
+# Each switch, and the share of throughput it may cost at most.
+SWITCHES = {"MODEL_SERVER_METRICS": ("/metrics", 0.95), "INFERENCE_LOG": ("the inference log", 0.9)}
 PROFILE = ["prometheus", "pushgateway", "grafana"]
 SCRAPE_FOR_S = 60
 
 
-def metrics_cost(stack: Stack, runs: int, seconds: int) -> dict[str, Any]:
+def switch_cost(stack: Stack, switch: str, runs: int, seconds: int) -> dict[str, Any]:
     raw: dict[str, Any] = {"on": [], "off": []}
     try:
         for i in range(runs):
             for key in ("on", "off"):
-                recreate_with(stack, "MODEL_SERVER_METRICS", "true" if key == "on" else "false")
+                recreate_with(stack, switch, "true" if key == "on" else "false")
                 pids = {
                     "server": [stack.init_pid("model-server")],
                     "docker-proxy": docker_proxy_pids(stack.ports["MODEL_SERVER_PORT"]),
                 }
                 wrk(stack.model_url, 4, 1, pids)  # warm-up: every worker has answered
                 raw[key].append(wrk(stack.model_url, 4, seconds, pids))
-                log(f"monitoring: run {i + 1}/{runs}, /metrics {key}: {raw[key][-1]['rps']:,.0f} req/s")
+                log(f"monitoring: run {i + 1}/{runs}, {switch} {key}: {raw[key][-1]['rps']:,.0f} req/s")
     finally:
-        recreate_with(stack, "MODEL_SERVER_METRICS", "true")
+        recreate_with(stack, switch, "true")
     return raw
 
 
@@ -62,39 +64,24 @@ def grafana_image(stack: Stack) -> str:
 
 def measure(stack: Stack, runs: int, seconds: int, raw_out: dict) -> tuple[list[dict], list[dict], list[str]]:
     """The rows of this part; its wrk runs go to raw_out["monitoring"]."""
-    raw = raw_out["monitoring"] = metrics_cost(stack, runs, seconds)
-    ratios = [on["rps"] / off["rps"] for on, off in zip(raw["on"], raw["off"], strict=True)]
-    on = statistics.median(r["rps"] for r in raw["on"])
-    off = statistics.median(r["rps"] for r in raw["off"])
-    targets = [
-        target(
-            "monitoring",
-            "/invocations at 4 conn.: with /metrics ÷ without",
-            ratios,
-            "x",
-            METRICS_SHARE,
-            f"{on:,.0f} vs {off:,.0f} req/s (MODEL_SERVER_METRICS=false, same run)",
-            "higher",
-        )
-    ]
-    rows = [
-        detail("monitoring", f"4 conn.: throughput, /metrics {k}", [r["rps"] for r in raw[k]], "req/s")
-        for k in ("on", "off")
-    ]
-    rows += [
-        detail("monitoring", f"4 conn.: p99 latency, /metrics {k}", [r["p99_us"] / 1e3 for r in raw[k]], "ms")
-        for k in ("on", "off")
-    ]
-    # The server's own CPU per request: less noisy than throughput on a shared machine (the cost of counting).
-    rows += [
-        detail(
-            "monitoring",
-            f"4 conn.: server CPU per request, /metrics {k}",
-            [r["cpu_ms"]["server"] * 1000 for r in raw[k]],
-            "us",
-        )
-        for k in ("on", "off")
-    ]
+    raw_out["monitoring"] = {}
+    targets, rows = [], []
+    for switch, (what, share) in SWITCHES.items():
+        raw = raw_out["monitoring"][switch] = switch_cost(stack, switch, runs, seconds)
+        ratios = [on["rps"] / off["rps"] for on, off in zip(raw["on"], raw["off"], strict=True)]
+        on = statistics.median(r["rps"] for r in raw["on"])
+        off = statistics.median(r["rps"] for r in raw["off"])
+        reference = f"{on:,.0f} vs {off:,.0f} req/s ({switch}=false, same run)"
+        name = f"/invocations at 4 conn.: with {what} ÷ without"
+        targets.append(target("monitoring", name, ratios, "x", share, reference, "higher"))
+        for k in ("on", "off"):
+            rows.append(detail("monitoring", f"4 conn.: throughput, {what} {k}", [r["rps"] for r in raw[k]], "req/s"))
+            rows.append(
+                detail("monitoring", f"4 conn.: p99 latency, {what} {k}", [r["p99_us"] / 1e3 for r in raw[k]], "ms")
+            )
+            # The server's own CPU per request: less noisy than throughput on a shared machine.
+            cpu = [r["cpu_ms"]["server"] * 1000 for r in raw[k]]
+            rows.append(detail("monitoring", f"4 conn.: server CPU per request, {what} {k}", cpu, "us"))
     memory = profile_memory(stack)
     rows += [detail("monitoring", f"idle memory: {name}", [mib], "MiB") for name, mib in memory.items()]
     rows.append(detail("monitoring", "idle memory: the profile", [sum(memory.values())], "MiB"))
