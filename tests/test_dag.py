@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,10 +27,13 @@ def test_no_import_errors(dagbag) -> None:  # noqa: ANN001
     assert dagbag.import_errors == {}
 
 
-def test_dag_shape(dagbag) -> None:  # noqa: ANN001
+def test_dag_shape(dagbag, training_data: Path) -> None:  # noqa: ANN001
     assert set(dagbag.dags) == {"mlops_pipeline"}
     dag = dagbag.dags["mlops_pipeline"]
-    assert type(dag.timetable).__name__ == "NullTimetable"  # manual: triggered from the UI, the REST API or make demo
+    # Runs when the training data file's asset gets an event (and on Trigger, as every DAG does).
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+    assets = [(a.name, a.uri) for a in dag.timetable.asset_condition.objects]
+    assert assets == [("iris_training_data", f"file://{training_data}")]
     assert {t.task_id for t in dag.tasks} == {"check_data", "train", "evaluate", "register"}
     downstream = {t.task_id: {d.task_id for d in t.downstream_list} for t in dag.tasks}
     assert downstream == {
@@ -45,15 +49,23 @@ def test_dag_shape(dagbag) -> None:  # noqa: ANN001
     assert dag.on_failure_callback.__name__ == "report_failure"
 
 
-def test_parsing_does_not_import_heavy_libraries() -> None:
-    """The dag-processor re-parses the file constantly: mlflow/sklearn must load only inside the task."""
+def test_parsing_does_not_import_heavy_libraries(tmp_path: Path) -> None:
+    """The dag-processor re-parses the file constantly: mlflow/sklearn must load only inside the task, and naming
+    the asset must not create its file (PYTHONPATH as the image sets it)."""
     code = (
         "import runpy, sys; runpy.run_path(sys.argv[1]);"
         "heavy = [m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "false"}
+    data = tmp_path / "iris.csv"
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "PYTHONPATH": str(ROOT / "airflow" / "models"),
+        "TRAINING_DATA_PATH": str(data),
+    }
     result = subprocess.run(
         [sys.executable, "-c", code, str(DAGS / "ml_pipeline.py")], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not data.exists()

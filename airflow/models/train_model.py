@@ -2,6 +2,9 @@
 
 Plain functions (check -> train -> evaluate -> register/promote) so the same code runs from the Airflow DAG,
 from the tests and by hand (``python train_model.py``), with no orchestrator in the way.
+
+The training data is a CSV file (TRAINING_DATA_PATH; the DAG's Airflow asset), seeded with scikit-learn's Iris when
+missing and only ever appended to. Every run logs the rows it trained on (its reference, for drift monitoring).
 """
 
 from __future__ import annotations
@@ -11,14 +14,19 @@ import logging
 import os
 import re
 import sys
+import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shim_warnings import ignore_airflow_shim_warnings
 
-if TYPE_CHECKING:  # heavy imports stay out of module import: the DAG file imports this lazily
+if TYPE_CHECKING:  # heavy imports stay out of module import: the DAG file imports this one while parsing
     import numpy as np
+    import pandas as pd
+    from mlflow.data.pandas_dataset import PandasDataset
     from sklearn.ensemble import RandomForestClassifier
 
 log = logging.getLogger(__name__)
@@ -29,7 +37,14 @@ DEFAULT_MODEL_NAME = "iris-classifier"
 CHAMPION = "champion"  # the registry alias the model-server follows
 NEVER_PROMOTE = 1.5  # the highest MIN_ACCURACY accepted: above 1 no model passes
 MODEL_ARTIFACT = "model"  # the original tutorial serves runs:/<run_id>/model
+# The training data's columns, for every module that reads or writes those rows: scikit-learn's
+# load_iris().feature_names and an integer label, the index into CLASS_NAMES.
+FEATURE_NAMES = ("sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)")
+LABEL_COLUMN = "target"
 CLASS_NAMES = ("setosa", "versicolor", "virginica")
+TRAINING_DATA_NAME = "iris_training_data"  # the Airflow asset's name and the MLflow dataset's
+REFERENCE_ARTIFACT = "reference/train.csv"  # a run's training rows, for a monitor to compare served inputs with
+IRIS_ROWS = 150  # the seeded rows: split() splits them as it did before the data was a file
 # skops refuses to load anything it does not know; a forest is made of these trees (MLflow 3 default
 # format). Naming the type keeps skops' safety instead of falling back to pickle.
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
@@ -41,6 +56,10 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """The training data is not what the model expects; the message says what is wrong."""
+
+
+class MissingReferenceError(LookupError):
+    """The run logged no training rows (it predates REFERENCE_ARTIFACT); the message names the run."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +106,91 @@ def min_accuracy_from_env(env: os._Environ[str] | dict[str, str] | None = None) 
     return value
 
 
-def load_data() -> tuple[np.ndarray, np.ndarray]:
-    """Iris ships inside scikit-learn, so nothing is downloaded."""
+def training_data_path(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
+    """TRAINING_DATA_PATH, else data/iris.csv in AIRFLOW_HOME: the image's /opt/airflow/data/iris.csv and local
+    mode's state folder with no setting. The DAG names its asset after it while parsing: no imports, no I/O."""
+    env = os.environ if env is None else env
+    raw = env.get("TRAINING_DATA_PATH") or os.path.join(env.get("AIRFLOW_HOME") or "~/airflow", "data", "iris.csv")
+    return Path(raw).expanduser().absolute()
+
+
+def ensure_training_data(path: Path | None = None) -> Path:
+    """Seed a missing file with scikit-learn's bundled Iris (nothing is downloaded), so a fresh volume trains the
+    model the seed always trained. Renamed into place, so a reader sees no file or a whole one."""
+    path = path or training_data_path()
+    if path.exists():
+        return path
     from sklearn.datasets import load_iris
 
-    data = load_iris()
-    return data.data, data.target
+    frame = as_frame(*load_iris(return_X_y=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            frame.to_csv(f, index=False, lineterminator="\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide it from the other services' users
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    log.info("seeded %s with scikit-learn's Iris (%d rows)", path, len(frame))
+    return path
+
+
+def read_training_data(path: Path) -> pd.DataFrame:
+    """The file's rows (features float, label int), or a DataError naming the file, the row and the problem: a bad
+    value must stop training, not turn into a NaN or a fourth class. Blank lines are skipped."""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (OSError, ValueError) as exc:  # missing, not UTF-8, a row with too many fields, empty
+        raise DataError(f"{path}: not a readable CSV file: {str(exc).strip()}") from None
+    expected = [*FEATURE_NAMES, LABEL_COLUMN]
+    missing = [c for c in expected if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in expected]
+    if missing or extra:
+        raise DataError(f"{path}: header: missing columns {missing}, unexpected columns {extra}; expected {expected}")
+    frame = frame.loc[(frame != "").any(axis=1), expected]  # the index stays the row's position: line = index + 2
+
+    def where(i: int) -> str:
+        return f"{path}: row {i + 1} (line {i + 2})"
+
+    rows = {}
+    for name in FEATURE_NAMES:
+        values = pd.to_numeric(frame[name], errors="coerce")  # anything but a number becomes NaN
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(bad.idxmax())
+            raise DataError(f"{where(i)}: {name} is {frame.at[i, name]!r}, not a finite number")
+        rows[name] = values.astype("float64")
+    classes = [str(c) for c in range(len(CLASS_NAMES))]
+    labels = frame[LABEL_COLUMN].str.strip()
+    bad = ~labels.isin(classes)
+    if bad.any():
+        i = int(bad.idxmax())
+        raise DataError(
+            f"{where(i)}: {LABEL_COLUMN} is {frame.at[i, LABEL_COLUMN]!r}, not one of {', '.join(classes)} "
+            f"({', '.join(CLASS_NAMES)})"
+        )
+    rows[LABEL_COLUMN] = labels.astype("int64")
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def load_data(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The training data file as (features, labels), seeded with Iris first if it is missing."""
+    frame = read_training_data(ensure_training_data(path))
+    return frame[list(FEATURE_NAMES)].to_numpy(), frame[LABEL_COLUMN].to_numpy()
+
+
+def as_frame(x: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    """Rows in the training file's columns."""
+    import pandas as pd
+
+    return pd.DataFrame(x, columns=list(FEATURE_NAMES)).assign(**{LABEL_COLUMN: y})
 
 
 def check_data(x: np.ndarray, y: np.ndarray) -> dict[str, int]:
@@ -112,10 +210,27 @@ def check_data(x: np.ndarray, y: np.ndarray) -> dict[str, int]:
 
 
 def split(x: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded and stratified, so every run scores on the same held-out rows."""
+    """(x_train, x_test, y_train, y_test). Appending rows never moves a row to the other side, so no later model
+    trains on an earlier run's held-out rows, and the gate compares two models on rows neither trained on. The
+    first IRIS_ROWS rows split seeded and stratified, as Iris always did; each later row by its own seeded draw."""
+    import numpy as np
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=cfg.test_size, random_state=cfg.random_state, stratify=y)
+    head = min(len(x), IRIS_ROWS)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x[:head], y[:head], test_size=cfg.test_size, random_state=cfg.random_state, stratify=y[:head]
+    )
+    if len(x) == head:
+        return x_train, x_test, y_train, y_test
+    # RandomState's stream is frozen across NumPy versions, and row i's draw does not depend on how many follow.
+    held = np.random.RandomState(cfg.random_state).random_sample(len(x))[head:] < cfg.test_size
+    x_tail, y_tail = x[head:], y[head:]
+    return (
+        np.concatenate([x_train, x_tail[~held]]),
+        np.concatenate([x_test, x_tail[held]]),
+        np.concatenate([y_train, y_tail[~held]]),
+        np.concatenate([y_test, y_tail[held]]),
+    )
 
 
 def train(x_train: np.ndarray, y_train: np.ndarray, cfg: TrainConfig) -> RandomForestClassifier:
@@ -153,7 +268,6 @@ def log_evaluation(run_id: str, model: RandomForestClassifier, x_test: np.ndarra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import mlflow
-    from sklearn.datasets import load_iris
     from sklearn.metrics import ConfusionMatrixDisplay
 
     metrics = evaluate(model, x_test, y_test)
@@ -164,7 +278,7 @@ def log_evaluation(run_id: str, model: RandomForestClassifier, x_test: np.ndarra
         mlflow.log_figure(display.figure_, "confusion_matrix.png")
         plt.close(display.figure_)
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.barh(load_iris().feature_names, model.feature_importances_)
+        ax.barh(FEATURE_NAMES, model.feature_importances_)
         ax.set_xlabel("importance (mean decrease in impurity)")
         ax.set_title("Feature importance")
         fig.tight_layout()
@@ -195,9 +309,15 @@ def pip_requirements() -> list[str]:
 
 
 def log_run(
-    model: RandomForestClassifier, cfg: TrainConfig, x_example: np.ndarray, metrics: dict[str, float] | None = None
+    model: RandomForestClassifier,
+    cfg: TrainConfig,
+    x_example: np.ndarray,
+    metrics: dict[str, float] | None = None,
+    reference: PandasDataset | None = None,
+    params: dict[str, str | int] | None = None,
 ) -> str:
-    """Log params (and metrics, if given) and the model in the active experiment; return the run ID."""
+    """Log params (and metrics, if given) and the model in the active experiment; return the run ID. A reference
+    (the training rows) is logged as the run's input and as REFERENCE_ARTIFACT; params are logged beside cfg."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -205,9 +325,12 @@ def log_run(
     example = x_example[:5]
     signature = infer_signature(example, model.predict(example))
     with mlflow.start_run() as run:
-        mlflow.log_params(asdict(cfg))
+        mlflow.log_params(asdict(cfg) | (params or {}))
         if metrics:
             mlflow.log_metrics(metrics)
+        if reference is not None:
+            mlflow.log_input(reference, context="training")
+            mlflow.log_text(reference.df.to_csv(index=False, lineterminator="\n"), REFERENCE_ARTIFACT)
         mlflow.sklearn.log_model(
             model,
             name=MODEL_ARTIFACT,
@@ -244,21 +367,83 @@ def model_name_from_env() -> str:
 
 
 def train_and_log(cfg: TrainConfig | None = None) -> str:
-    """Train on the training split and log params + model (the DAG's `train` task); return the run ID."""
-    cfg = cfg or config_from_env()
-    x, y = load_data()
-    x_train, _, y_train, _ = split(x, y, cfg)
-    return log_run(train(x_train, y_train, cfg), cfg, x_train)
-
-
-def _held_out(run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The test split the run was trained without (same seed and size as logged in its params)."""
+    """Train on the training split and log params, the training rows and the model (the DAG's `train` task);
+    return the run ID."""
     import mlflow
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    cfg = cfg or config_from_env()
+    path = training_data_path()
+    x, y = load_data(path)
+    x_train, _, y_train, _ = split(x, y, cfg)
+    split_rows = {"data_rows": len(x), "data_sha256": _rows_digest(x, y)}  # what held_out() finds the rows by
+    with warnings.catch_warnings():
+        # MLflow's notes on its own code, not on these rows: its digest calls pandas in a way pandas 4 will refuse,
+        # and its schema hint says integer columns cannot hold missing values (the labels never do).
+        warnings.filterwarnings("ignore", message="Starting with pandas version 4.0", module="mlflow")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", module="mlflow")
+        reference = mlflow.data.from_pandas(
+            as_frame(x_train, y_train),
+            source=LocalArtifactDatasetSource(path.as_uri()),  # a source object: a path string makes MLflow warn
+            name=TRAINING_DATA_NAME,
+            targets=LABEL_COLUMN,
+        )
+        return log_run(train(x_train, y_train, cfg), cfg, x_train, reference=reference, params=split_rows)
+
+
+def _rows_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """A fingerprint of rows, so a later evaluation can tell that the data file still begins with a run's rows."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.asarray(x, "float64").tobytes() + np.asarray(y, "int64").tobytes()).hexdigest()
+
+
+def load_reference(run_id: str) -> pd.DataFrame:
+    """The rows the run trained on, as it logged them: what a monitor compares that model's inputs with."""
+    import io
+
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    folder = os.path.dirname(REFERENCE_ARTIFACT)
+    if REFERENCE_ARTIFACT not in {a.path for a in MlflowClient().list_artifacts(run_id, folder)}:
+        raise MissingReferenceError(
+            f"run {run_id} has no {REFERENCE_ARTIFACT}: it was trained before runs logged their training rows"
+        )
+    return pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run_id}/{REFERENCE_ARTIFACT}")))
+
+
+def held_out(run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the run was trained without, however many rows were appended since: the first data_rows rows of
+    the data file (checked against data_sha256), split as the run split them (checked against its reference).
+    Runs from before the data file (no data_rows) trained on scikit-learn's Iris."""
+    import mlflow
+    import numpy as np
 
     params = mlflow.get_run(run_id).data.params
     cfg = TrainConfig(test_size=float(params["test_size"]), random_state=int(params["random_state"]))
-    x, y = load_data()
-    _, x_test, _, y_test = split(x, y, cfg)
+    if "data_rows" not in params:
+        from sklearn.datasets import load_iris
+
+        _, x_test, _, y_test = split(*load_iris(return_X_y=True), cfg)
+        return x_test, y_test
+    rows, path = int(params["data_rows"]), training_data_path()
+    x, y = load_data(path)
+    if len(x) < rows or _rows_digest(x[:rows], y[:rows]) != params["data_sha256"]:
+        raise DataError(
+            f"{path} no longer begins with the {rows} rows run {run_id} split: rows were changed or removed, "
+            "not appended"
+        )
+    x_train, x_test, y_train, y_test = split(x[:rows], y[:rows], cfg)
+    reference = load_reference(run_id)
+    if not (
+        np.array_equal(reference[list(FEATURE_NAMES)].to_numpy(), x_train)
+        and np.array_equal(reference[LABEL_COLUMN].to_numpy(), y_train)
+    ):
+        raise DataError(f"split() no longer splits run {run_id}'s rows as it did: its held-out rows are unknown")
     return x_test, y_test
 
 
@@ -267,7 +452,7 @@ def evaluate_run(run_id: str) -> dict[str, float]:
     import mlflow
 
     model = mlflow.sklearn.load_model(f"runs:/{run_id}/{MODEL_ARTIFACT}")
-    return log_evaluation(run_id, model, *_held_out(run_id))
+    return log_evaluation(run_id, model, *held_out(run_id))
 
 
 def register_and_promote(run_id: str, model_name: str | None = None, min_accuracy: float | None = None) -> dict:
@@ -304,7 +489,7 @@ def register_and_promote(run_id: str, model_name: str | None = None, min_accurac
         champion = None
     champion_accuracy = None
     if champion is not None and champion.version != version:
-        x_test, y_test = _held_out(run_id)
+        x_test, y_test = held_out(run_id)
         champion_model = mlflow.sklearn.load_model(f"models:/{name}/{champion.version}")
         champion_accuracy = float((champion_model.predict(x_test) == y_test).mean())
 
@@ -350,7 +535,11 @@ def run(tracking_uri: str | None = None, experiment: str | None = None, cfg: Tra
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Training data: $TRAINING_DATA_PATH or $AIRFLOW_HOME/data/iris.csv (AIRFLOW_HOME: ~/airflow); "
+        "seeded with scikit-learn's Iris when missing.",
+    )
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or http://localhost:5000")
     parser.add_argument("--experiment", help=f"default: $MLFLOW_EXPERIMENT_NAME or {DEFAULT_EXPERIMENT}")
     parser.add_argument("--n-estimators", help="default: $RF_N_ESTIMATORS or 100")
