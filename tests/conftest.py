@@ -113,9 +113,10 @@ def training_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def stack_env(**extra: str) -> dict[str, str]:
     """The environment for a stack's scripts, without the MLFLOW_* variables other tests (and MLflow's
-    set_tracking_uri) leave in this process and the tests' TRAINING_DATA_PATH: the scripts must read the stack's
-    own .env."""
-    own = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "TRAINING_DATA_PATH"}
+    set_tracking_uri) leave in this process and the tests' TRAINING_DATA_PATH and INFERENCE_LOG: the scripts and
+    compose must read the stack's own .env."""
+    mine = ("TRAINING_DATA_PATH", "INFERENCE_LOG")
+    own = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k not in mine}
     return {**own, **extra}
 
 
