@@ -13,7 +13,7 @@ export COMPOSE_BAKE := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help env venv demo up down logs local-demo local-up local-down local-status local-restart-model \
+.PHONY: help env venv demo up down append-data logs local-demo local-up local-down local-status local-restart-model \
         scale-env scale-demo scale-up scale-down monitoring-env monitoring-up monitoring-down screenshots test test-fast lint format bench clean
 
 help: ## show the targets
@@ -48,6 +48,10 @@ up: env ## compose: start the stack and wait until it is healthy (model-server w
 
 down: ## compose: stop the stack (volumes, i.e. runs, models and history, are kept)
 	docker compose --profile monitoring down
+
+append-data: env $(SCRIPTS_VENV)/.synced ## on a running stack: append labeled rows (FILE=rows.csv) to the training data; mlops_pipeline retrains
+	@test -n "$(FILE)" || { echo "usage: make append-data FILE=rows.csv (the training data's header: docs/inference-log.md)" >&2; exit 2; }
+	$(SCRIPTS_VENV)/bin/python scripts/append_data.py "$(FILE)"
 
 logs: ## compose: follow the logs
 	docker compose logs -f

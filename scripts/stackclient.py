@@ -97,6 +97,23 @@ class Airflow:
             return json.loads(value)
         return value
 
+    def runs(self, dag_id: str) -> list[dict]:
+        """The DAG's runs, newest first (each with dag_run_id, run_type, state)."""
+        answer = self.call("GET", f"/dags/{dag_id}/dagRuns?order_by=-run_after&limit=100")
+        return answer.get("dag_runs", [])
+
+    def task_log(self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1) -> str:
+        """A task try's log as text, a structured line as its JSON (Airflow answers JSON only when asked for it)."""
+        path = f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/logs/{try_number}"
+        headers = {**self.headers, "Accept": "application/json"}
+        status, answer = http("GET", f"{self.base}/api/v2{path}", headers=headers)
+        if status != 200 or not isinstance(answer, dict):
+            raise AirflowError(f"GET /api/v2{path} answered HTTP {status}: {answer}")
+        content = answer.get("content", "")
+        if isinstance(content, list):
+            return "\n".join(json.dumps(line) if isinstance(line, dict) else str(line) for line in content)
+        return str(content)
+
     def wait_for_run(self, dag_id: str, dag_run_id: str, timeout: float = 900, progress: bool = True) -> str:
         """The run's final state, "success" or "failed"; with `progress`, prints each state change."""
         started, seen = time.monotonic(), []

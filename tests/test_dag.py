@@ -1,4 +1,4 @@
-"""DAG integrity: airflow/dags/ml_pipeline.py parses without errors and has the specified shape."""
+"""DAG integrity: airflow/dags/ parses without errors and each DAG has the specified shape."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_no_import_errors(dagbag) -> None:  # noqa: ANN001
 
 
 def test_dag_shape(dagbag, training_data: Path) -> None:  # noqa: ANN001
-    assert set(dagbag.dags) == {"mlops_pipeline"}
+    assert set(dagbag.dags) == {"mlops_pipeline", "append_training_data"}
     dag = dagbag.dags["mlops_pipeline"]
     # Runs when the training data file's asset gets an event (and on Trigger, as every DAG does).
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
@@ -69,3 +69,24 @@ def test_parsing_does_not_import_heavy_libraries(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not data.exists()
+
+
+def test_appending_rows_updates_the_asset_mlops_pipeline_runs_on(dagbag, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The append task's outlet is the asset mlops_pipeline is scheduled on; its rows go in all or none."""
+    import train_model
+
+    dag = dagbag.dags["append_training_data"]
+    task = dag.get_task("append")
+    outlets = [(a.name, a.uri) for a in task.outlets]
+    schedule = [(a.name, a.uri) for a in dagbag.dags["mlops_pipeline"].timetable.asset_condition.objects]
+    assert outlets == schedule
+    data = tmp_path / "iris.csv"
+    monkeypatch.setenv("TRAINING_DATA_PATH", str(data))
+    good = dict(zip(train_model.FEATURE_NAMES, ("6.1", "2.8", "4.7", "1.2"), strict=True)) | {"target": "1"}
+    assert task.python_callable(params={"rows": [good, good]}) == {"appended": 2, "file": str(data)}
+    x, y = train_model.load_data(data)
+    assert len(x) == train_model.IRIS_ROWS + 2 and x[-1].tolist() == [6.1, 2.8, 4.7, 1.2] and y[-1] == 1
+    before = data.read_bytes()
+    with pytest.raises(ValueError, match="row 2: target is '7'"):
+        task.python_callable(params={"rows": [good, good | {"target": "7"}]})
+    assert data.read_bytes() == before

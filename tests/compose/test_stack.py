@@ -405,6 +405,25 @@ def test_5b2_the_inference_log_keeps_every_request_through_a_restart_and_all_but
     assert set(logged) <= set(flushed) | set(unflushed) | set(stopped)
 
 
+def test_5b3_appended_labeled_rows_retrain_through_the_asset_and_bad_rows_change_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """make append-data: a bad label is refused naming its row (no asset event, so no run); good rows start an
+    asset-triggered mlops_pipeline run that succeeds."""
+    header = [*train_model.FEATURE_NAMES, train_model.LABEL_COLUMN]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",".join(f'"{h}"' for h in header) + "\n6.1,2.8,4.7,1.2,1\n6.0,2.9,4.5,1.5,setosa\n")
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "append_data.py")]
+    refused = stack.run(*script, str(bad), "--no-wait", check=False)
+    assert refused.returncode != 0 and "row 2: target is 'setosa'" in refused.stderr, refused.stdout + refused.stderr
+    good = tmp_path / "good.csv"
+    good.write_text(",".join(f'"{h}"' for h in header) + "\n6.1,2.8,4.7,1.2,1\n5.0,3.4,1.5,0.2,0\n7.2,3.0,5.8,1.6,2\n")
+    appended = stack.run(*script, str(good), check=False)
+    assert appended.returncode == 0, appended.stdout + appended.stderr
+    assert "3 rows appended" in appended.stdout and "started by the asset event" in appended.stdout
+    assert "version" in appended.stdout.splitlines()[-1]
+
+
 def test_5c_training_survives_a_tracking_server_outage(stack: Stack) -> None:
     """The tracking server goes away while the pipeline runs: a task fails, its retry succeeds once the server
     is back, and update_run_id.sh never picks the half-written run of the failed attempt."""
