@@ -17,14 +17,12 @@ export UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 
 groups=()
 for group in "$@"; do groups+=(--group "$group"); done
 uv sync --frozen --no-default-groups "${groups[@]}" --no-install-project
-# Never used at run time: the test suites of numpy, pandas, scipy, scikit-learn, matplotlib and pyarrow, ONNX's
-# backend test data, pyarrow's C++ headers (for building extensions), ONNX Runtime's offline tools (model
-# optimisation and quantisation).
+# Never used at run time: the test suites of numpy, pandas, scipy, scikit-learn and matplotlib, ONNX's backend
+# test data, ONNX Runtime's offline tools (model optimisation and quantisation).
 sp=/opt/venv/lib/python3.11/site-packages
-for package in numpy pandas scipy sklearn matplotlib pyarrow; do
+for package in numpy pandas scipy sklearn matplotlib; do
   if [ -d "$sp/$package" ]; then
     find "$sp/$package" -depth -type d -name tests -exec rm -rf {} +
   fi
 done
-rm -rf "$sp/onnx/backend/test" "$sp/pyarrow/include" "$sp/pyarrow/src" \
-  "$sp/onnxruntime/transformers" "$sp/onnxruntime/quantization" "$sp/onnxruntime/tools"
+rm -rf "$sp/onnx/backend/test" "$sp/onnxruntime/transformers" "$sp/onnxruntime/quantization" "$sp/onnxruntime/tools"
