@@ -55,6 +55,7 @@ def local_overrides(service: str, cfg: dict[str, str]) -> dict[str, str]:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(p["airflow"]),
             "MLFLOW_TRACKING_URI": mlflow_uri,
+            "INFERENCE_LOG_DIR": str(STATE / "inference-log"),  # the model-server's, read by monitor_model
         }
     if service == "mlflow-server":
         return {"MLFLOW_DATA_DIR": str(STATE / "mlruns"), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(p["mlflow"])}

@@ -136,15 +136,20 @@ def mlflow_login(cfg: Mapping[str, str]) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
 
 
-def registry_champion(mlflow_url: str, name: str | None, headers: Mapping[str, str]) -> tuple[int, str]:
-    """The registry's current champion version (MLflow REST), whatever the last run's gate decided."""
+def registry_champion_version(mlflow_url: str, name: str | None, headers: Mapping[str, str]) -> tuple[int, dict]:
+    """The registry's current champion (MLflow REST: its version, run_id, ...), whatever the last gate decided."""
     status, body = http(
         "GET",
         f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={quote(name or 'iris-classifier')}&alias=champion",
         headers=headers,
     )
-    version = body.get("model_version", {}).get("version", "") if isinstance(body, dict) else ""
-    return status, version
+    return status, body.get("model_version", {}) if isinstance(body, dict) else {}
+
+
+def registry_champion(mlflow_url: str, name: str | None, headers: Mapping[str, str]) -> tuple[int, str]:
+    """The registry's current champion version number ("" when there is none)."""
+    status, version = registry_champion_version(mlflow_url, name, headers)
+    return status, version.get("version", "")
 
 
 def wait_for_model(model_url: str, version: str, timeout: float = 180) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_no_import_errors(dagbag) -> None:  # noqa: ANN001
 
 
 def test_dag_shape(dagbag, training_data: Path) -> None:  # noqa: ANN001
-    assert set(dagbag.dags) == {"mlops_pipeline", "append_training_data"}
+    assert set(dagbag.dags) == {"mlops_pipeline", "append_training_data", "monitor_model"}
     dag = dagbag.dags["mlops_pipeline"]
     # Runs when the training data file's asset gets an event (and on Trigger, as every DAG does).
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
@@ -69,6 +70,29 @@ def test_parsing_does_not_import_heavy_libraries(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not data.exists()
+    for dag_file in ("monitor_model.py", "append_training_data.py"):
+        argv = [sys.executable, "-c", code, str(DAGS / dag_file)]
+        result = subprocess.run(argv, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, dag_file + result.stdout + result.stderr
+
+
+def test_the_monitor_checks_hourly_one_run_at_a_time_and_takes_a_minimum(dagbag, monkeypatch) -> None:  # noqa: ANN001
+    """monitor_model: hourly without catch-up (one check reads all since the last), never two at once; the run's
+    min_rows overrides MONITOR_MIN_ROWS and reaches the check."""
+    dag = dagbag.dags["monitor_model"]
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.timetable.expression == "0 * * * *"
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert [t.task_id for t in dag.tasks] == ["check_drift"]
+    import drift
+
+    seen = []
+    monkeypatch.setattr(drift, "monitor", lambda cfg, since: seen.append((cfg.min_rows, since)) or {"status": "ok"})
+    monkeypatch.setenv("MONITOR_MIN_ROWS", "100")
+    task = dag.get_task("check_drift")
+    assert task.python_callable(params={"min_rows": 7, "since": "2026-12-04T10:00:00+00:00"}) == {"status": "ok"}
+    task.python_callable(params={"min_rows": None, "since": None})
+    assert seen == [(7, datetime(2026, 12, 4, 10, tzinfo=UTC)), (100, None)]
 
 
 def test_appending_rows_updates_the_asset_mlops_pipeline_runs_on(dagbag, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001

@@ -1,12 +1,14 @@
 """What a finished pipeline run tells Prometheus, through the Pushgateway (Prometheus's pattern for batch jobs:
 a DAG run ends before any scrape could reach it, so it pushes its figures and the Pushgateway keeps them).
 
-Two groups, each replaced by its next push (`pushadd`: only the metrics pushed are replaced, so a failed run keeps
+Three groups, each replaced by its next push (`pushadd`: only the metrics pushed are replaced, so a failed run keeps
 the time of the last success):
 - job="mlops_dag_run", dag_id=...: the last finished run's duration, outcome and end time, and the time of the last
   successful one. Pushed by the DAG's success and failure callbacks (in Airflow 3 the dag-processor runs them).
 - job="mlops_model", model=...: the trained model's test accuracy, its version, and the gate's decision. Pushed by
   the `register` task, wherever it runs (a Celery worker in the scale variant).
+- job="mlops_drift", model=...: the last drift check's verdict (monitor_model DAG, airflow/models/drift.py): dataset
+  drift 1/0, the share of drifted features, prediction drift 1/0, the rows and version it looked at, when it ended.
 
 PUSHGATEWAY_URL says where (compose sets http://pushgateway:9091); empty: nothing is pushed. A push that fails (the
 monitoring profile is not up) logs one line and never fails the task or the run.
@@ -90,3 +92,23 @@ def model_registered(result: dict[str, Any]) -> None:
         ),
     }
     push("mlops_model", {"model": result["model"]}, values)
+
+
+def drift_checked(model: str, version: str, figures: dict[str, float], rows: int) -> None:
+    """After a drift check that had enough rows (drift.monitor; figures: DriftResult.metrics())."""
+    values = {
+        "mlops_drift_detected": (
+            "1 if the last drift check found the served inputs drifted from the training rows (Evidently).",
+            figures["dataset_drift"],
+        ),
+        "mlops_drift_share": ("Share of feature columns that drifted in the last drift check.", figures["drift_share"]),
+        "mlops_prediction_drift": (
+            "1 if the predicted classes drifted in the last drift check.",
+            figures["prediction_drift"],
+        ),
+        "mlops_drift_rows": ("Logged rows the last drift check compared.", float(rows)),
+        "mlops_drift_model_version": ("Registry version the last drift check looked at.", float(version)),
+        "mlops_drift_check_timestamp_seconds": ("When the last drift check ended (Unix time).", time.time()),
+    }
+    if push("mlops_drift", {"model": model}, values):
+        log.info("pipeline metrics: pushed the drift check of %s version %s", model, version)

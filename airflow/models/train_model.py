@@ -71,7 +71,7 @@ class TrainConfig:
     random_state: int = 42
 
 
-def _int_setting(name: str, raw: str, *, allow_none: bool = False) -> int | None:
+def int_setting(name: str, raw: str, *, allow_none: bool = False) -> int | None:
     if allow_none and raw.strip().lower() in {"", "none"}:
         return None
     try:
@@ -87,8 +87,8 @@ def config_from_env(env: os._Environ[str] | dict[str, str] | None = None) -> Tra
     """Read hyper-parameters from RF_N_ESTIMATORS / RF_MAX_DEPTH so `.env` can change them."""
     env = os.environ if env is None else env
     defaults = TrainConfig()
-    n_estimators = _int_setting("RF_N_ESTIMATORS", env.get("RF_N_ESTIMATORS") or str(defaults.n_estimators))
-    max_depth = _int_setting("RF_MAX_DEPTH", env.get("RF_MAX_DEPTH", str(defaults.max_depth)), allow_none=True)
+    n_estimators = int_setting("RF_N_ESTIMATORS", env.get("RF_N_ESTIMATORS") or str(defaults.n_estimators))
+    max_depth = int_setting("RF_MAX_DEPTH", env.get("RF_MAX_DEPTH", str(defaults.max_depth)), allow_none=True)
     return TrainConfig(n_estimators=n_estimators or defaults.n_estimators, max_depth=max_depth)
 
 

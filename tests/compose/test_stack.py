@@ -29,7 +29,7 @@ SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 RESULTS = ROOT / "tests" / "artifacts" / "compose-results.json"
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "mlops.json"
 ALERTS = ("ModelServerDown", "ModelServerErrors", "ModelServerSlow", "ChampionFailedToLoad")
-ALERTS += ("NoSuccessfulTrainingRun", "TrainingRunFailed")
+ALERTS += ("NoSuccessfulTrainingRun", "TrainingRunFailed", "ModelDataDrift", "DriftCheckStale")
 BAD_REQUESTS = 7  # 400s sent in step 3c: nothing else in this suite sends a 400 before it
 
 
@@ -279,6 +279,48 @@ def test_3f_model_server_down_fires_its_alert_within_its_for(stack: Stack) -> No
     finally:
         stack.compose("start", "model-server")
     wait_for("the model-server back", lambda: stack.predict() == {"predictions": [0]}, 90, interval=1)
+
+
+def test_3g_drift_demo_detects_the_shift_only_and_the_asset_retrains_to_a_new_champion(stack: Stack) -> None:
+    """make drift-demo end to end: no drift on traffic like the training rows, drift after the shift (report in
+    MLflow, verdict in Prometheus and its alert firing), the labeled rows retrain through the asset and the
+    model-server serves the new champion."""
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "drift_demo.py")]
+    started = time.monotonic()
+    demo = stack.run(*script, check=False)
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out
+    stack.results["drift_demo_s"] = round(time.monotonic() - started, 1)
+    stack.expected_runs += 1  # the asset-triggered run
+    checks = [line for line in demo.stdout.splitlines() if "monitor_model:" in line]
+    assert [c.split("monitor_model: ")[1].split(" (")[0] for c in checks] == ["no drift", "drift"], out
+    assert "(200 rows" in checks[0] and "(200 rows" in checks[1]
+    assert demo.stdout.splitlines()[-1].endswith("serves iris-classifier version 2 (was 1)"), out
+    assert requests.get(f"{stack.model_url}/model", timeout=10).json()["model_version"] == "2"
+
+    exp = requests.get(
+        f"{stack.mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": "mlops_monitoring"},
+        timeout=10,
+    ).json()["experiment"]
+    body = {"experiment_ids": [exp["experiment_id"]], "order_by": ["attributes.start_time ASC"]}
+    runs = requests.post(f"{stack.mlflow_url}/api/2.0/mlflow/runs/search", json=body, timeout=10).json()["runs"]
+    verdicts = [{m["key"]: m["value"] for m in r["data"]["metrics"]}["dataset_drift"] for r in runs]
+    assert verdicts == [0.0, 1.0]
+    report = requests.get(
+        f"{stack.mlflow_url}/get-artifact",
+        params={"path": "drift_report.html", "run_uuid": runs[1]["info"]["run_id"]},
+        timeout=30,
+    )
+    assert report.status_code == 200 and "Dataset Drift" in report.text
+
+    wait_for("the drift verdict in Prometheus", lambda: stack.promql_value("mlops_drift_detected") == 1.0, 60, 3)
+
+    def firing() -> bool:
+        alerts = requests.get(f"{stack.prometheus_url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return any(a["labels"]["alertname"] == "ModelDataDrift" and a["state"] == "firing" for a in alerts)
+
+    wait_for("ModelDataDrift to fire", firing, 60, interval=3)
 
 
 def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> None:
