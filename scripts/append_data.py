@@ -16,11 +16,10 @@ import csv
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
-from stackclient import Airflow, AirflowError
-from stackenv import ROOT, SettingsError, settings, wait_for
+from stackclient import Airflow, run_script
+from stackenv import ROOT, settings, wait_for
 
 APPEND_DAG = "append_training_data"
 TRAINING_DAG = "mlops_pipeline"
@@ -83,7 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (AirflowError, SettingsError, TimeoutError) as exc:
-        sys.exit(f"append-data: {exc}")
+    run_script("append-data", main)

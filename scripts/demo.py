@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from stackclient import Airflow, AirflowError, http, mlflow_login, registry_champion, wait_for_model
-from stackenv import COMPOSE_CORE, ROOT, SettingsError, settings, wait_for
+from stackclient import Airflow, http, mlflow_login, registry_champion, run_script, wait_for_model
+from stackenv import COMPOSE_CORE, ROOT, settings, wait_for
 
 DAG_ID = "mlops_pipeline"
 SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
@@ -136,7 +136,4 @@ def services_to_wait_for(compose: list[str], compose_files: list[str]) -> list[s
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (AirflowError, SettingsError, TimeoutError) as exc:
-        sys.exit(f"demo: {exc}")
+    run_script("demo", main)

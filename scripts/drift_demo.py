@@ -18,7 +18,6 @@ import csv
 import io
 import os
 import random
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -26,8 +25,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import append_data
-from stackclient import Airflow, AirflowError, http, mlflow_login, registry_champion_version, wait_for_model
-from stackenv import ROOT, SettingsError, settings
+from stackclient import Airflow, http, mlflow_login, registry_champion_version, run_script, wait_for_model
+from stackenv import ROOT, settings
 
 MONITOR_DAG = "monitor_model"
 REFERENCE = "reference/train.csv"
@@ -128,25 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"drift-demo: {stack.name} version {version} is champion; {len(reference)} training rows as reference")
     wait_for_model(stack.model, version)
     stack.airflow.wait_for_dag(MONITOR_DAG)
-    start = datetime.now(UTC) - timedelta(seconds=1)  # the first check reads only this demo's traffic
 
-    stack.send(traffic(reference, features, args.requests, rng))
-    print(f"drift-demo: 1. sent {args.requests} requests drawn from the training rows; checking", flush=True)
-    settle(cfg)
-    first = stack.check({"since": start.isoformat(), "min_rows": args.requests})
-    print(f"drift-demo:    monitor_model: {say(first)}")
-    if first["status"] != "no drift":
-        raise fail(f"expected no drift on traffic like the training rows, got {first}")
+    def send_and_check(step: str, rows: list[dict[str, str]], expected: str) -> dict:
+        """Send the traffic, then one check of exactly it (its `since`: an hourly check in between changes
+        nothing), which must find what is expected."""
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        stack.send(traffic(rows, features, args.requests, rng))
+        print(f"drift-demo: {step}; checking", flush=True)
+        settle(cfg)
+        result = stack.check({"since": since.isoformat(), "min_rows": args.requests})
+        print(f"drift-demo:    monitor_model: {say(result)}")
+        if result["status"] != expected:
+            raise fail(f"expected {expected} ({step}), got {result}")
+        return result
 
+    send_and_check(f"1. sent {args.requests} requests drawn from the training rows", reference, "no drift")
     virginica = [row for row in reference if int(float(row[LABEL])) == VIRGINICA]
-    shifted = datetime.now(UTC)  # an hourly check in between may read the shifted traffic too: start here
-    stack.send(traffic(virginica, features, args.requests, rng))
-    print(f"drift-demo: 2. sent {args.requests} requests of virginica only (the shift); checking", flush=True)
-    settle(cfg)
-    second = stack.check({"since": shifted.isoformat(), "min_rows": args.requests})
-    print(f"drift-demo:    monitor_model: {say(second)}")
-    if second["status"] != "drift":
-        raise fail(f"expected drift after the shift, got {second}")
+    second = send_and_check(f"2. sent {args.requests} requests of virginica only (the shift)", virginica, "drift")
     print(f"drift-demo:    the report: {stack.run_link(second['monitoring_run_id'])} (drift_report.html)")
 
     labeled = traffic(virginica, features, args.labeled, rng)
@@ -167,7 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (AirflowError, SettingsError, TimeoutError) as exc:
-        sys.exit(f"drift-demo: {exc}")
+    run_script("drift-demo", main)

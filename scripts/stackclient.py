@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NoReturn
 from urllib.parse import quote
 
-from stackenv import wait_for
+from stackenv import SettingsError, wait_for
 
 
 class AirflowError(RuntimeError):
@@ -169,3 +171,11 @@ def wait_for_model(model_url: str, version: str, timeout: float = 180) -> dict:
     info = wait_for(f"the model-server to serve version {version or 'any'}", serving, timeout, interval=0.1)
     print(f"  model-server serves {info.get('model_uri')} ({time.monotonic() - started:.0f} s)", flush=True)
     return info
+
+
+def run_script(name: str, main: Callable[[], int]) -> NoReturn:
+    """A host script's exit: main's status, or one line naming the script and what the stack said."""
+    try:
+        sys.exit(main())
+    except (AirflowError, SettingsError, TimeoutError) as exc:
+        sys.exit(f"{name}: {exc}")
