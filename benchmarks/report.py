@@ -20,6 +20,7 @@ TITLES = {
     "cold-start": "3. Cold start: `make demo` on built images, fresh volumes, to the first prediction",
     "memory": "4. Memory and size",
     "recovery": "5. Recovery: the scheduler process killed during a DAG run",
+    "drift-monitor": "6. Drift monitor: one monitor_model check over 100,000 logged rows",
 }
 
 

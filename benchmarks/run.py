@@ -39,9 +39,19 @@ PARTS = (
     "cold-start",
     "memory",
     "recovery",
+    "drift-monitor",
 )
 # the order they run in
-COMPOSE = ("cold-start", "memory", "serving-compose", "monitoring", "serving-vs-training", "training", "recovery")
+COMPOSE = (
+    "cold-start",
+    "memory",
+    "serving-compose",
+    "monitoring",
+    "serving-vs-training",
+    "training",
+    "drift-monitor",
+    "recovery",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,6 +148,9 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
             )
         if "training" in wanted:
             results.attempt("training", lambda: results.add("training", compose_parts.training(stack, args.runs)))
+        if "drift-monitor" in wanted:
+            part = "drift-monitor"
+            results.attempt(part, lambda: results.add(part, compose_parts.drift_monitor(stack, args.runs)))
         if "recovery" in wanted:
             results.attempt("recovery", lambda: results.add("recovery", compose_parts.recovery(stack, args.runs)))
     finally:
