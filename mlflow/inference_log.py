@@ -9,6 +9,11 @@ the last flush interval (written data is in the page cache); ``close()`` writes 
 loses none. Memory is bounded by ``max_buffered`` (further records are dropped and counted), disk by
 ``retention_days`` and ``max_bytes`` (the oldest files go first).
 
+The scale-out variant writes the same records to a PostgreSQL table instead (``INFERENCE_LOG_DB``, a libpq URL,
+and ``INFERENCE_LOG_DB_PASSWORD``): a Celery worker on another host can read a table, not this host's volume. One
+row per request, ``(ts, model_version, record)``, the record being the JSON line as ``jsonb``; each flush is one
+transaction; retention deletes rows older than ``retention_days`` (the size limit is the files' only).
+
 Fork-safe with ``gunicorn --preload``: nothing starts at import or construction; each worker calls ``start()``.
 """
 
@@ -78,8 +83,12 @@ class InferenceLog:
         retention_days: int = 7,
         max_bytes: int = 512 * MIB,
         max_buffered: int = 100_000,
+        database: str | None = None,
+        database_password: str | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.database, self.database_password = database, database_password
+        self._connection: Any = None  # the flusher's own (psycopg2), opened at its first flush
         self.flush_seconds = flush_seconds
         self.retention_days = retention_days
         self.max_bytes = max_bytes
@@ -118,6 +127,8 @@ class InferenceLog:
             flush_seconds=number("INFERENCE_LOG_FLUSH_SECONDS", "1", float, 0.01),
             retention_days=number("INFERENCE_LOG_RETENTION_DAYS", "7", int, 1),
             max_bytes=number("INFERENCE_LOG_MAX_MB", "512", int, 1) * MIB,
+            database=env.get("INFERENCE_LOG_DB") or None,
+            database_password=env.get("INFERENCE_LOG_DB_PASSWORD") or None,
         )
 
     def record(
@@ -137,8 +148,17 @@ class InferenceLog:
         return True
 
     def start(self) -> None:
-        """Create the directory (a bad path fails here, loudly) and start this process's flusher thread."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Create the directory or check the database URL (either fails here, loudly) and start this process's
+        flusher thread."""
+        if self.database is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        else:
+            import psycopg2.extensions
+
+            try:
+                psycopg2.extensions.parse_dsn(self.database)
+            except psycopg2.ProgrammingError as e:
+                raise ConfigError(f"INFERENCE_LOG_DB is not a PostgreSQL URL: {e}") from None
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
@@ -151,6 +171,9 @@ class InferenceLog:
             self._thread.join()
             self._thread = None
         self.flush()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds):
@@ -164,7 +187,7 @@ class InferenceLog:
         CHUNK records, each one unbuffered write: the GIL is released at each write, so a request waiting for
         it never waits for a whole flush."""
         with self._flush_lock:
-            pending: dict[str, list[str]] = {}
+            pending: dict[str, list[tuple[str, str, str]]] = {}  # date -> (timestamp, model version, line)
             second, prefix = None, ""
             for i in range(len(self._buffer)):
                 ts, request_id, name, version, run_id, inputs, predictions = self._buffer.popleft()
@@ -179,7 +202,7 @@ class InferenceLog:
                     self.dropped += 1
                     log.warning("inference log: request %s not encodable (%s), dropped", request_id, e)
                     continue
-                pending.setdefault(stamp[:10], []).append(line)
+                pending.setdefault(stamp[:10], []).append((stamp, version, line))
                 if i % CHUNK == CHUNK - 1:
                     self._write(pending)
                     pending = {}
@@ -188,13 +211,45 @@ class InferenceLog:
                 self._housekept_at = time.monotonic()
                 try:
                     self.enforce_limits()
-                except OSError as e:  # e.g. another user's file: the next check tries again, close() never fails
-                    log.warning("inference log: limits not enforced in %s: %s", self.directory, e)
+                except Exception as e:  # noqa: BLE001 - e.g. another user's file, the database away: next minute
+                    log.warning("inference log: limits not enforced in %s: %s", self.where(), e)
 
-    def _write(self, pending: dict[str, list[str]]) -> None:
+    def where(self) -> str:
+        return str(self.directory) if self.database is None else "the database"
+
+    def _write(self, pending: dict[str, list[tuple[str, str, str]]]) -> None:
+        if not pending:
+            return
+        if self.database is not None:
+            self._insert([row for rows in pending.values() for row in rows])
+            return
         file = f"{socket.gethostname()}-{os.getpid()}.jsonl"  # at flush time: a forked worker has its own
-        for day, lines in pending.items():
-            self._append(self.directory / f"date={day}" / file, lines)
+        for day, rows in pending.items():
+            self._append(self.directory / f"date={day}" / file, [line for *_, line in rows])
+
+    def _database(self) -> Any:  # noqa: ANN401 - psycopg2's connection
+        import psycopg2
+
+        if self._connection is None or self._connection.closed:
+            self._connection = psycopg2.connect(self.database, password=self.database_password, connect_timeout=5)
+        return self._connection
+
+    def _insert(self, rows: list[tuple[str, str, str]]) -> None:
+        """One transaction (psycopg2 releases the GIL while it waits for the server). A failure drops and counts
+        the rows, as a failed file write does, and the next flush reconnects."""
+        import psycopg2
+        from psycopg2.extras import execute_values
+
+        try:
+            connection = self._database()
+            with connection, connection.cursor() as cursor:
+                sql = "INSERT INTO inference_log (ts, model_version, record) VALUES %s"
+                execute_values(cursor, sql, rows, template="(%s, %s, %s::jsonb)", page_size=CHUNK)
+        except psycopg2.Error as e:
+            self.dropped += len(rows)
+            log.warning("inference log: %d records not written to the database: %s", len(rows), str(e).strip())
+            if self._connection is not None:
+                self._connection.close()
 
     def _append(self, path: Path, lines: list[str]) -> None:
         data = ("\n".join(lines) + "\n").encode()
@@ -210,7 +265,15 @@ class InferenceLog:
 
     def enforce_limits(self) -> None:
         """Delete partitions older than retention_days, then the oldest files until under max_bytes. Workers
-        may race on the same files; whatever another already deleted is skipped."""
+        may race on the same files; whatever another already deleted is skipped. In the database: the rows
+        older than retention_days."""
+        if self.database is not None:
+            connection = self._database()
+            with connection, connection.cursor() as cursor:
+                cursor.execute(
+                    "DELETE FROM inference_log WHERE ts < now() - make_interval(days => %s)", (self.retention_days,)
+                )
+            return
         oldest_kept = datetime.now(UTC).date() - timedelta(days=self.retention_days)
         files: list[tuple[date, float, Path, int]] = []
         for part in self.directory.glob("date=*"):

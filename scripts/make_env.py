@@ -60,6 +60,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "POSTGRES_PASSWORD": hex_secret(24),
     "AIRFLOW_DB_PASSWORD": hex_secret(24),
     "MLFLOW_DB_PASSWORD": hex_secret(24),
+    "INFERENCE_LOG_WRITER_PASSWORD": hex_secret(24),
+    "INFERENCE_LOG_READER_PASSWORD": hex_secret(24),
     "REDIS_PASSWORD": hex_secret(24),
     "S3_ACCESS_KEY_ID": access_key_id,
     "S3_SECRET_ACCESS_KEY": hex_secret(20),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pipeline_metrics
 import train_model
-from inference_data import read_inference_log, utc
+from inference_data import read_inference_log, read_inference_table, utc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,6 +41,9 @@ class MonitorConfig:
     # The window ends this long before the check starts: the model-server flushes its log every second
     # (INFERENCE_LOG_FLUSH_SECONDS), so a request answered just before the check is read by the next one.
     settle_seconds: float
+    # The scale variant's log: a PostgreSQL table (a libpq URL and the read-only role's password) instead of files.
+    log_db: str | None = None
+    log_db_password: str | None = None
 
 
 def config_from_env(env: os._Environ[str] | dict[str, str] | None = None) -> MonitorConfig:
@@ -53,7 +56,17 @@ def config_from_env(env: os._Environ[str] | dict[str, str] | None = None) -> Mon
         settle = -1.0
     if not 0 <= settle <= 3600:
         raise train_model.ConfigError(f"MONITOR_SETTLE_SECONDS must be a number of seconds in [0, 3600], got {raw!r}")
-    return MonitorConfig(Path(env.get("INFERENCE_LOG_DIR") or DEFAULT_LOG_DIR), min_rows or 100, settle)
+    log_dir = Path(env.get("INFERENCE_LOG_DIR") or DEFAULT_LOG_DIR)
+    database = env.get("INFERENCE_LOG_DB") or None
+    return MonitorConfig(log_dir, min_rows or 100, settle, database, env.get("INFERENCE_LOG_DB_PASSWORD") or None)
+
+
+def read_window(cfg: MonitorConfig, since: datetime, until: datetime, version: str) -> pd.DataFrame:
+    """The logged rows of one model version in [since, until), from the files or the scale variant's table."""
+    features = list(train_model.FEATURE_NAMES)
+    if cfg.log_db is not None:
+        return read_inference_table(cfg.log_db, cfg.log_db_password, since, until, version, features)
+    return read_inference_log(cfg.log_dir, since, until, model_version=version, feature_names=features)
 
 
 @dataclass(frozen=True)
@@ -183,7 +196,7 @@ def monitor(
             f"the window starts at {since.isoformat()}, not before its end {until.isoformat()}"
         )
     features = list(train_model.FEATURE_NAMES)
-    current = read_inference_log(cfg.log_dir, since, until, model_version=version, feature_names=features)
+    current = read_window(cfg, since, until, version)
     current = current[current["model_name"] == name]
     window = {"model": name, "version": version, "since": since.isoformat(), "until": until.isoformat()}
     if len(current) < cfg.min_rows:

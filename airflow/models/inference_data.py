@@ -41,9 +41,9 @@ MAX_WARNINGS_PER_FILE = 5  # then one line with the count: a damaged file must n
 
 
 class Problems:
-    """A file's skipped lines and rows, warned about one by one up to a limit, then counted."""
+    """A file's (or the table's) skipped lines and rows, warned about one by one up to a limit, then counted."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path, self.count = path, 0
 
     def __call__(self, line: int, problem: str) -> None:
@@ -81,6 +81,10 @@ def read_inference_log(
         if start is not None and window.overlaps(start, start + timedelta(days=1)):
             for path in sorted(part.glob("*.jsonl")):
                 width = read_file(path, window, width, rows)
+    return as_frame(rows, width, feature_names)
+
+
+def as_frame(rows: list[list], width: int | None, feature_names: Sequence[str] | None) -> pd.DataFrame:
     names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(width or 0)]
     frame = pd.DataFrame(rows, columns=[*META, *names, "prediction"])
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("us")  # the log's resolution, empty or not
@@ -107,35 +111,68 @@ class Window:
 
 def read_file(path: Path, window: Window, width: int | None, rows: list[list]) -> int | None:
     """Append the file's rows in the window to rows; returns the feature count (the first row read sets it)."""
-    problems = Problems(path)
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                record = json.loads(raw)
-                if type(record) is not dict or record.keys() != KEYS:
-                    keys = sorted(record) if type(record) is dict else type(record).__name__
-                    problems(number, f"keys {keys} are not {list(FIELDS)}")
-                    continue
-                record["ts"] = utc(datetime.fromisoformat(record["ts"]))
-            except (ValueError, TypeError) as e:  # a torn line, not UTF-8, a bad timestamp
-                problems(number, f"not a record ({e})")
+        return read_lines(f, str(path), window, width, rows)
+
+
+def read_inference_table(
+    url: str,
+    password: str | None,
+    since: datetime,
+    until: datetime | None = None,
+    model_version: str | None = None,
+    feature_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """read_inference_log's table, from the scale variant's PostgreSQL (INFERENCE_LOG_DB): the same records, read
+    with the same checks, only the window's rows fetched."""
+    import psycopg2
+
+    window = Window(utc(since), None if until is None else utc(until), model_version)
+    width = None if feature_names is None else len(feature_names)
+    rows: list[list] = []
+    with psycopg2.connect(url, password=password, connect_timeout=10) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT record::text FROM inference_log WHERE ts >= %s AND (%s::timestamptz IS NULL OR ts < %s)"
+            " AND (%s::text IS NULL OR model_version = %s) ORDER BY ts",
+            (window.since, window.until, window.until, model_version, model_version),
+        )
+        width = read_lines((line for (line,) in cursor), "table inference_log", window, width, rows)
+    connection.close()
+    return as_frame(rows, width, feature_names)
+
+
+def read_lines(
+    lines: Iterable[bytes | str], source: str, window: Window, width: int | None, rows: list[list]
+) -> int | None:
+    """Append the rows of the records in the window to rows; returns the feature count (the first row sets it)."""
+    problems = Problems(source)
+    for number, raw in enumerate(lines, start=1):
+        try:
+            record = json.loads(raw)
+            if type(record) is not dict or record.keys() != KEYS:
+                keys = sorted(record) if type(record) is dict else type(record).__name__
+                problems(number, f"keys {keys} are not {list(FIELDS)}")
                 continue
-            if not window.holds(record):
+            record["ts"] = utc(datetime.fromisoformat(record["ts"]))
+        except (ValueError, TypeError) as e:  # a torn line, not UTF-8, a bad timestamp
+            problems(number, f"not a record ({e})")
+            continue
+        if not window.holds(record):
+            continue
+        inputs, predictions = record["inputs"], record["predictions"]
+        if type(inputs) is not list or type(predictions) is not list or len(inputs) != len(predictions):
+            problems(number, "inputs and predictions are not lists of the same length")
+            continue
+        meta = [record["ts"], *(str(record[key]) for key in META[1:])]
+        for row, prediction in zip(inputs, predictions, strict=True):
+            if type(row) is not list or not row or not all(type(v) in (int, float) for v in row):
+                problems(number, f"input row {row!r} is not a list of numbers")
                 continue
-            inputs, predictions = record["inputs"], record["predictions"]
-            if type(inputs) is not list or type(predictions) is not list or len(inputs) != len(predictions):
-                problems(number, "inputs and predictions are not lists of the same length")
+            width = len(row) if width is None else width
+            if len(row) != width:
+                problems(number, f"input row has {len(row)} features, expected {width}")
                 continue
-            meta = [record["ts"], *(str(record[key]) for key in META[1:])]
-            for row, prediction in zip(inputs, predictions, strict=True):
-                if type(row) is not list or not row or not all(type(v) in (int, float) for v in row):
-                    problems(number, f"input row {row!r} is not a list of numbers")
-                    continue
-                width = len(row) if width is None else width
-                if len(row) != width:
-                    problems(number, f"input row has {len(row)} features, expected {width}")
-                    continue
-                rows.append([*meta, *row, prediction])
+            rows.append([*meta, *row, prediction])
     problems.summary()
     return width
 

@@ -11,10 +11,12 @@ variant changes, with one DAG run per check.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -302,6 +304,106 @@ def test_3b_prometheus_has_what_the_workers_pushed_and_scrapes_the_servers(stack
     for name in ("airflow-worker", "airflow-scheduler"):
         out = stack.sh(name, "airflow config get-value metrics otel_on").stdout  # with the exporter's log lines
         assert "true" in [line.strip().lower() for line in out.splitlines()], (name, out)
+
+
+def logged_ids(stack: ScaleStack, prefix: str) -> list[str]:
+    """Request IDs in the inference log's table that start with prefix (read as the superuser, in postgres)."""
+    query = f"select record->>'request_id' from inference_log where record->>'request_id' like '{prefix}%'"  # noqa: S608 - our own hex
+    return stack.sh("postgres", f'psql -U postgres -d inference_log -tAc "{query}"').stdout.split()
+
+
+def test_3c_the_inference_log_is_a_table_the_server_may_only_write_and_the_workers_only_read(
+    stack: ScaleStack,
+) -> None:
+    """The scale variant's inference log is in PostgreSQL, reachable from any host: the model-server's role adds
+    rows but cannot read them, the workers' role reads them but cannot add any. N answered requests are N rows with
+    their IDs; a restart (SIGTERM) loses none, a SIGKILL at most the last flush interval."""
+    probe = textwrap.dedent(
+        """
+        import os, sys, psycopg2
+        connection = psycopg2.connect(os.environ["INFERENCE_LOG_DB"], password=os.environ["INFERENCE_LOG_DB_PASSWORD"])
+        connection.autocommit = True
+        for statement in sys.argv[1:]:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(statement)
+                print("ok")
+            except psycopg2.Error as e:
+                print("refused:", str(e).strip().splitlines()[0])
+        """
+    )
+    select = "select record from inference_log limit 1"  # count(*) needs only the writer's SELECT on ts
+    insert = "insert into inference_log values (now(), 'probe', '{}'::jsonb)"
+    writer = stack.compose("exec", "-T", "model-server", "python", "-c", probe, select, insert).stdout.splitlines()
+    assert writer[0].startswith("refused:") and "permission denied" in writer[0], writer
+    assert writer[1] == "ok", writer
+    reader = stack.compose("exec", "-T", "airflow-worker", "python", "-c", probe, select, insert).stdout.splitlines()
+    assert reader[0] == "ok" and reader[1].startswith("refused:") and "permission denied" in reader[1], reader
+    stack.sh(
+        "postgres", "psql -U postgres -d inference_log -tAc \"delete from inference_log where model_version = 'probe'\""
+    )
+
+    run = uuid.uuid4().hex[:8]
+    sent = {"flushed": [], "unflushed": [], "restarted": []}
+    with requests.Session() as session:
+        for kind in sent:
+            for i in range(100 if kind != "unflushed" else 50):
+                request_id = f"{run}-{kind}-{i}"
+                answer = session.post(
+                    f"{stack.model_url}/invocations",
+                    json=SEED_PAYLOAD,
+                    headers={"X-Request-Id": request_id},
+                    timeout=10,
+                )
+                assert answer.status_code == 200 and answer.headers["X-Request-Id"] == request_id
+                sent[kind].append(request_id)
+            if kind == "flushed":
+                wait_for("100 rows in the table", lambda: len(logged_ids(stack, f"{run}-flushed")) == 100, 30)
+            elif kind == "unflushed":
+                stack.sh("model-server", "kill -KILL -1", check=False)
+            else:
+                stack.compose("restart", "--timeout", "20", "model-server")
+            wait_for("the model-server to answer", lambda: stack.predict().status_code == 200, 90, interval=1)
+    logged = logged_ids(stack, run)
+    assert len(logged) == len(set(logged)), "a request was recorded twice"
+    assert set(sent["flushed"]) | set(sent["restarted"]) <= set(logged), "acknowledged and flushed records lost"
+    assert set(logged) <= {i for ids in sent.values() for i in ids}
+    stack.results["inference_log_lost_to_sigkill"] = len(set(sent["unflushed"]) - set(logged))
+
+
+def test_3d_drift_demo_on_celery_workers_reading_the_table(stack: ScaleStack) -> None:
+    """make drift-demo on the scale variant: the monitor runs on a worker and reads the log from PostgreSQL; the
+    asset-triggered retrain runs there too. The model-server first goes back from the pinned run (test_2) to
+    following the champion."""
+    env = stack.env_file.read_text()
+    stack.env_file.write_text(
+        "".join(
+            "LATEST_MODEL_RUN_ID=\n" if line.startswith("LATEST_MODEL_RUN_ID=") else line
+            for line in env.splitlines(keepends=True)
+        )
+    )
+    stack.compose("up", "-d", "--no-build", "--wait", "model-server")
+    airflow = stack.airflow()
+    before = {r["dag_run_id"] for r in airflow.runs(DAG)}
+    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "drift_demo.py")]
+    demo = stack.run(*script, check=False)
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out
+    checks = [
+        line.split("monitor_model: ")[1].split(" (")[0] for line in demo.stdout.splitlines() if "monitor_model:" in line
+    ]
+    assert checks == ["no drift", "drift"], out
+    served = re.search(r"serves iris-classifier version (\d+) \(was (\d+)\)$", demo.stdout.strip())
+    assert served and int(served[1]) > int(served[2]), out
+    monitor_runs = airflow.runs("monitor_model")
+    hosts = {
+        ti["hostname"]
+        for r in monitor_runs
+        for ti in airflow.call("GET", f"/dags/monitor_model/dagRuns/{r['dag_run_id']}/taskInstances")["task_instances"]
+    }
+    workers = {stack.inspect(name)["Config"]["Hostname"] for name in stack.names("airflow-worker")}
+    assert hosts and hosts <= workers, (hosts, workers)
+    stack.dag_runs += [r["dag_run_id"] for r in airflow.runs(DAG) if r["dag_run_id"] not in before]
 
 
 def test_4_the_model_is_objects_in_the_bucket_not_files_on_a_volume(stack: ScaleStack) -> None:
