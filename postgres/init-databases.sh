@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # First start of the scale variant's PostgreSQL (docker-compose.scale.yml): one role and one database each for
 # Airflow and MLflow, so neither service can read the other's data; and the model-server's inference log, a table
-# the model-server may only add rows to (and delete old ones from) and the Airflow workers may only read. The official postgres image runs every
-# /docker-entrypoint-initdb.d/*.sh once, on an empty data directory, as the superuser over the local socket.
+# the model-server may only add rows to (and delete old ones from) and the Airflow workers may only read.
+# The official postgres image runs every /docker-entrypoint-initdb.d/*.sh once, on an empty data directory, as the
+# superuser over the local socket.
 #
 # Usage: (by the postgres image's entrypoint)   AIRFLOW_DB_PASSWORD, MLFLOW_DB_PASSWORD,
 #        INFERENCE_LOG_WRITER_PASSWORD, INFERENCE_LOG_READER_PASSWORD from .env
