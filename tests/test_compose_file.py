@@ -141,7 +141,7 @@ def test_local_mode_uses_the_compose_settings(tmp_path, monkeypatch) -> None:  #
     command, env = local.command_and_env("airflow-scheduler")
     scheduler = [str(ROOT / "airflow" / "entrypoint.sh"), "python", str(ROOT / "airflow" / "scheduler.py")]
     assert command == [*scheduler, "--skip-serve-logs"]
-    assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "2"
     assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
     assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "0.25"
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"

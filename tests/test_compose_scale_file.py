@@ -97,6 +97,9 @@ def test_celery_postgres_and_s3_settings(resolved: dict) -> None:
     worker = services["airflow-worker"]
     assert worker["deploy"]["replicas"] == 2
     assert worker["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "2"
+    # The scheduler's own limit must not cap the workers' slots (the default stack's AIRFLOW_PARALLELISM is 2).
+    slots = worker["deploy"]["replicas"] * int(worker["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"])
+    assert int(services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__PARALLELISM"]) >= slots
     assert "--skip-serve-logs" in worker["command"]
     assert {m["target"]: m["source"] for m in worker["volumes"]}["/opt/airflow/logs"] == "airflow_logs"
     mlflow = services["mlflow-server"]["environment"]
