@@ -4,9 +4,9 @@ The LocalExecutor forks its worker processes from the scheduler, and each task p
 so every task starts with MLflow, scikit-learn, skops and matplotlib already imported instead of paying for those
 imports on every run (with Airflow loaded, skops' import searches every loaded module; the cost is measured in
 benchmarks/results.md). The pages are shared between the processes (copy-on-write), so it costs memory once, as
-long as no process's garbage collector writes to them: keep_imports_frozen below. Only third-party libraries are imported here, and the
-one warnings filter (airflow/models/shim_warnings.py): the project's training and DAG code is imported by each
-task, so an edit on the host takes effect on the next run without a restart.
+long as no process's garbage collector writes to them: keep_imports_frozen below. Only third-party libraries are
+imported here, and the one warnings filter (airflow/models/shim_warnings.py): the project's training and DAG code
+is imported by each task, so an edit on the host takes effect on the next run without a restart.
 
 Usage: python scheduler.py [airflow scheduler options]   (the airflow-scheduler service's command)
 """
