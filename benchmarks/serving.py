@@ -161,7 +161,8 @@ def rows(part: str, raw: dict[str, Any]) -> tuple[list[dict], list[dict], list[s
 def inprocess(stack: Stack, model_uri: str, runs: int, seconds: float) -> dict:
     """scikit-learn's own predict inside the model-server's image (where the time of the scikit-learn path goes)."""
     script = (BENCH / "inprocess.py").read_text()
-    cmd = ["docker", "exec", "-i", stack.container("model-server"), "python", "-", model_uri, str(runs), str(seconds)]
+    cmd = ["docker", "exec", "-i", "-e", "PYTHONPATH=/opt/mlflow/bin", stack.container("model-server")]
+    cmd += ["python", "-", model_uri, str(runs), str(seconds)]
     return json.loads(stack.run(*cmd, input=script).stdout.strip().splitlines()[-1])
 
 
