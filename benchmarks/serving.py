@@ -18,8 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from common import (
@@ -46,6 +47,7 @@ BATCH_ROWS = 10_000
 PING_SHARE, P99_MS, P50_MS, BATCH_RATIO = 0.5, 5.0, 1.0, 2.0
 SATURATED_RATIO, OPEN_LOOP_RATIO, OPEN_LOOP_RPS, OPEN_LOOP_P99_MS, MEMORY_MIB = 1.5, 1.2, 200, 5.0, 1.6 * 1024
 HEY_WORKERS = 4
+T = TypeVar("T")
 
 
 def runtime(url: str) -> str:
@@ -294,6 +296,26 @@ def hey_result(proc: subprocess.Popen, out: Path, started: float) -> dict[str, f
     }
 
 
+def hey_for(url: str, seconds: int, out: Path, ping: bool = False) -> dict[str, float]:
+    """hey at OPEN_LOOP_RPS for `seconds`, nothing else started meanwhile: what it measured."""
+    started = time.monotonic()
+    proc = hey_start(url, OPEN_LOOP_RPS, 600, out, ping)
+    time.sleep(seconds)
+    return hey_result(proc, out, started)
+
+
+def hey_during(url: str, out: Path, action: Callable[[], T], ping: bool = False) -> tuple[T, dict[str, float]]:
+    """hey at OPEN_LOOP_RPS while `action` runs (started once the load is on): its result and what hey measured."""
+    started = time.monotonic()
+    proc = hey_start(url, OPEN_LOOP_RPS, 600, out, ping)
+    try:
+        time.sleep(2)  # the load is on before the action starts
+        done = action()
+    finally:
+        measured = hey_result(proc, out, started)
+    return done, measured
+
+
 def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tuple[list[dict], list[dict], list[str]]:
     """DAG runs idle, under wrk at 4 connections (as fast as the server answers) and under hey at OPEN_LOOP_RPS,
     interleaved; each run starts once the model-server serves the previous champion. hey on GET /ping alone and
@@ -310,11 +332,7 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
     )
     if serving_load.returncode != 0:
         raise BenchError(f"wrk failed: {serving_load.stderr.decode()[-300:]}")
-    out = tmp / "hey-memory.csv"
-    started = time.monotonic()
-    proc = hey_start(stack.model_url, OPEN_LOOP_RPS, 600, out)
-    time.sleep(seconds)
-    hey_result(proc, out, started)
+    hey_for(stack.model_url, seconds, tmp / "hey-memory.csv")
     for _ in range(2):
         dag_run(airflow)
         champion_served(stack)
@@ -322,25 +340,10 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
     idle, saturated, open_loop, hey, hey_alone, ping_alone, ping_dag = [], [], [], [], [], [], []
     for i in range(runs):
         champion_served(stack)
-        out = tmp / f"hey-alone-{i}.csv"
-        started = time.monotonic()
-        proc = hey_start(stack.model_url, OPEN_LOOP_RPS, 600, out)
-        time.sleep(seconds)
-        hey_alone.append(hey_result(proc, out, started))
+        hey_alone.append(hey_for(stack.model_url, seconds, tmp / f"hey-alone-{i}.csv"))
         # The floor of the open-loop figures: GET /ping at the same rate, alone and during a DAG run.
-        out = tmp / f"hey-ping-alone-{i}.csv"
-        started = time.monotonic()
-        proc = hey_start(stack.model_url, OPEN_LOOP_RPS, 600, out, ping=True)
-        time.sleep(seconds)
-        ping_alone.append(hey_result(proc, out, started))
-        out = tmp / f"hey-ping-{i}.csv"
-        started = time.monotonic()
-        proc = hey_start(stack.model_url, OPEN_LOOP_RPS, 600, out, ping=True)
-        try:
-            time.sleep(2)
-            dag_run(airflow)
-        finally:
-            ping_dag.append(hey_result(proc, out, started))
+        ping_alone.append(hey_for(stack.model_url, seconds, tmp / f"hey-ping-alone-{i}.csv", ping=True))
+        ping_dag.append(hey_during(stack.model_url, tmp / f"hey-ping-{i}.csv", lambda: dag_run(airflow), ping=True)[1])
         champion_served(stack)
         idle.append(dag_run(airflow)[1])
         champion_served(stack)
@@ -356,14 +359,9 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
             load.kill()
             load.wait()
         champion_served(stack)
-        out = tmp / f"hey-{i}.csv"
-        started = time.monotonic()
-        proc = hey_start(stack.model_url, OPEN_LOOP_RPS, 600, out)
-        try:
-            time.sleep(2)
-            open_loop.append(dag_run(airflow)[1])
-        finally:
-            hey.append(hey_result(proc, out, started))
+        (_, seconds_under_hey), measured = hey_during(stack.model_url, tmp / f"hey-{i}.csv", lambda: dag_run(airflow))
+        open_loop.append(seconds_under_hey)
+        hey.append(measured)
         log(f"{part}: run {i + 1}/{runs}: DAG idle {idle[-1]:.1f} s, under wrk {saturated[-1]:.1f} s, "
             f"under hey {open_loop[-1]:.1f} s (p99 {hey[-1]['p99_ms']:.2f} ms)")  # fmt: skip
     champion_served(stack)
