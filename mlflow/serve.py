@@ -201,7 +201,7 @@ class Loaded:
             return None  # MLflow's encoder handles the other output types
         if self.counted:
             metrics.predicted(predictions)
-        self.record(request_id, x, predictions)  # neither array is touched again here
+        self.record(request_id, x, predictions)
         return json.dumps({"predictions": predictions.tolist()}).encode()
 
 

@@ -99,11 +99,11 @@ def test_numpy_arrays_and_scalars_become_lists(tmp_path: Path) -> None:
 
 def test_an_unencodable_record_is_dropped_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     log = InferenceLog(tmp_path)
-    log.record("good-1", "m", "1", "r", [[1.0]], [0])
-    log.record("bad", "m", "1", "r", [[object()]], [0])
-    log.record("good-2", "m", "1", "r", [[2.0]], [1])
     with caplog.at_level(logging.WARNING, logger="model-server"):
-        log.close()
+        rows = {"good-1": 1.0, "bad": object(), "good-2": 2.0}
+        kept = [log.record(request_id, "m", "1", "r", [[x]], [0]) for request_id, x in rows.items()]
+    log.close()
+    assert kept == [True, False, True]
     assert [r["request_id"] for r in lines_of(tmp_path)[own_file(tmp_path)]] == ["good-1", "good-2"]
     assert log.dropped == 1 and "request bad not encodable" in caplog.text
 
