@@ -321,7 +321,7 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
     interleaved; each run starts once the model-server serves the previous champion. hey on GET /ping alone and
     during one more DAG run gives the floor of the open-loop figures. The stack's memory first as the target says,
     after a serving load (wrk, then hey) and two DAG runs, and again after all of it."""
-    from compose_parts import champion_served, dag_run, idle_memory  # the DAG helpers of the training part
+    from compose_parts import champion_served, dag_run, idle_memory, no_other_runs  # the training part's helpers
 
     part = "serving-vs-training"
     airflow = stack.airflow()
@@ -340,6 +340,7 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
     idle, saturated, open_loop, hey, hey_alone, ping_alone, ping_dag = [], [], [], [], [], [], []
     for i in range(runs):
         champion_served(stack)
+        no_other_runs(airflow)  # dag_run waits too, but a load started before it would measure the wait
         hey_alone.append(hey_for(stack.model_url, seconds, tmp / f"hey-alone-{i}.csv"))
         # The floor of the open-loop figures: GET /ping at the same rate, alone and during a DAG run.
         ping_alone.append(hey_for(stack.model_url, seconds, tmp / f"hey-ping-alone-{i}.csv", ping=True))
@@ -347,6 +348,7 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
         champion_served(stack)
         idle.append(dag_run(airflow)[1])
         champion_served(stack)
+        no_other_runs(airflow)
         load = subprocess.Popen(
             ["wrk", "-t1", "-c4", "-d600s", "-s", str(BENCH / "wrk.lua"), f"{stack.model_url}/invocations"],
             stdout=subprocess.DEVNULL,
@@ -359,6 +361,7 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
             load.kill()
             load.wait()
         champion_served(stack)
+        no_other_runs(airflow)
         (_, seconds_under_hey), measured = hey_during(stack.model_url, tmp / f"hey-{i}.csv", lambda: dag_run(airflow))
         open_loop.append(seconds_under_hey)
         hey.append(measured)
