@@ -26,3 +26,22 @@ for package in numpy pandas scipy sklearn matplotlib; do
   fi
 done
 rm -rf "$sp/onnx/backend/test" "$sp/onnxruntime/transformers" "$sp/onnxruntime/quantization" "$sp/onnxruntime/tools"
+# Nor, in the Airflow image (Evidently and plotly; ~100 MB, which keeps it under the 900 MB of benchmarks/): the
+# Jupyter extensions of plotly and Evidently and Evidently's data-file copies of them (no Jupyter here), the front end
+# of the `evidently ui` web service (the drift check writes HTML reports, which embed evidently/nbextension's bundle),
+# and the test suites of a few more packages.
+rm -rf /opt/venv/share/jupyter /opt/venv/evidently "$sp/jupyterlab_plotly" \
+  "$sp/evidently/ui/service/assets" "$sp/evidently/legacy/ui/assets"
+for package in joblib libcst dill greenlet croniter jsonschema regex skops mpl_toolkits; do
+  if [ -d "$sp/$package" ]; then
+    find "$sp/$package" -depth -type d \( -name tests -o -name test \) -exec rm -rf {} +
+  fi
+done
+# Bytecode only for what the stack imports at start: plotly's 15,000 generated modules are imported lazily (~380 of
+# them by a drift report, compiled in memory: ~0.4 s of CPU per check), databricks-sdk (MLflow's Databricks backend)
+# and grpc (OpenTelemetry's gRPC exporter) not at all here.
+for package in plotly databricks grpc; do
+  if [ -d "$sp/$package" ]; then
+    find "$sp/$package" -depth -type d -name __pycache__ -exec rm -rf {} +
+  fi
+done
