@@ -156,9 +156,13 @@ def rows(part: str, raw: dict[str, Any]) -> tuple[list[dict], list[dict], list[s
         if raw["inprocess"].get("compiled_batch_rows_s"):
             compiled_ms = BATCH_ROWS / med(raw["inprocess"]["compiled_batch_rows_s"]) * 1e3
             needed_ms = path_ms / BATCH_RATIO - (path_ms - predict_ms)
+            need = (
+                f"would need a compiled predict of at most {needed_ms:.1f} ms for those rows"
+                if needed_ms > 0
+                else "is out of reach of any predict: the rest of the request alone takes more than half of it"
+            )
             notes.append(
-                f"{BATCH_RATIO:.0f}x would need a compiled predict of at most {max(needed_ms, 0):.1f} ms for those "
-                f"rows; {compiled['runtime']}'s, in the same process, took {compiled_ms:.1f} ms."
+                f"{BATCH_RATIO:.0f}x {need}; {compiled['runtime']}'s, in the same process, took {compiled_ms:.1f} ms."
             )
     return targets, details, notes
 
