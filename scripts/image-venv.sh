@@ -17,31 +17,29 @@ export UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 
 groups=()
 for group in "$@"; do groups+=(--group "$group"); done
 uv sync --frozen --no-default-groups "${groups[@]}" --no-install-project
-# Never used at run time: the test suites of numpy, pandas, scipy, scikit-learn and matplotlib, ONNX's backend
-# test data, ONNX Runtime's offline tools (model optimisation and quantisation).
 sp=/opt/venv/lib/python3.11/site-packages
-for package in numpy pandas scipy sklearn matplotlib; do
-  if [ -d "$sp/$package" ]; then
-    find "$sp/$package" -depth -type d -name tests -exec rm -rf {} +
-  fi
-done
+
+# remove_dirs NAME PACKAGE...: every directory called NAME inside the installed PACKAGEs (absent ones are skipped)
+remove_dirs() {
+  local name="$1" package
+  shift
+  for package in "$@"; do
+    if [ -d "$sp/$package" ]; then
+      find "$sp/$package" -depth -type d -name "$name" -exec rm -rf {} +
+    fi
+  done
+}
+
+# Never used at run time: test suites, ONNX's backend test data, ONNX Runtime's offline tools (model optimisation
+# and quantisation); in the Airflow image (~100 MB, which keeps it under the 900 MB of benchmarks/) the Jupyter
+# extensions of plotly and Evidently and Evidently's data-file copies of them (no Jupyter here), and the front end of
+# the `evidently ui` web service (the drift check writes HTML reports, which embed evidently/nbextension's bundle).
+remove_dirs tests numpy pandas scipy sklearn matplotlib libcst dill greenlet croniter jsonschema regex skops mpl_toolkits
+remove_dirs test joblib
 rm -rf "$sp/onnx/backend/test" "$sp/onnxruntime/transformers" "$sp/onnxruntime/quantization" "$sp/onnxruntime/tools"
-# Nor, in the Airflow image (Evidently and plotly; ~100 MB, which keeps it under the 900 MB of benchmarks/): the
-# Jupyter extensions of plotly and Evidently and Evidently's data-file copies of them (no Jupyter here), the front end
-# of the `evidently ui` web service (the drift check writes HTML reports, which embed evidently/nbextension's bundle),
-# and the test suites of a few more packages.
 rm -rf /opt/venv/share/jupyter /opt/venv/evidently "$sp/jupyterlab_plotly" \
   "$sp/evidently/ui/service/assets" "$sp/evidently/legacy/ui/assets"
-for package in joblib libcst dill greenlet croniter jsonschema regex skops mpl_toolkits; do
-  if [ -d "$sp/$package" ]; then
-    find "$sp/$package" -depth -type d \( -name tests -o -name test \) -exec rm -rf {} +
-  fi
-done
-# Bytecode only for what the stack imports at start: plotly's 15,000 generated modules are imported lazily (~380 of
-# them by a drift report, compiled in memory: ~0.4 s of CPU per check), databricks-sdk (MLflow's Databricks backend)
-# and grpc (OpenTelemetry's gRPC exporter) not at all here.
-for package in plotly databricks grpc; do
-  if [ -d "$sp/$package" ]; then
-    find "$sp/$package" -depth -type d -name __pycache__ -exec rm -rf {} +
-  fi
-done
+# Bytecode only for what the stack imports: plotly's 15,000 generated modules are imported lazily (~380 of them by a
+# drift report, compiled in memory: ~0.4 s of CPU per check); databricks-sdk (MLflow's Databricks backend) and grpc
+# (OpenTelemetry's gRPC exporter) are not imported in either image.
+remove_dirs __pycache__ plotly databricks grpc
