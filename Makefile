@@ -20,7 +20,7 @@ help: ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 env: ## create .env with fresh secrets (never overwrites an existing one)
-	@python3 scripts/make_env.py
+	@python3 -m scripts.make_env
 
 .local/tools/bin/uv:
 	python3 -m venv .local/tools
@@ -40,7 +40,7 @@ $(SCRIPTS_VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 # --- Docker Compose --------------------------------------------------------------------------------
 demo: env $(SCRIPTS_VENV)/.synced ## compose: build, start, train, serve, and print the seed's prediction
-	$(SCRIPTS_VENV)/bin/python scripts/demo.py compose
+	$(SCRIPTS_VENV)/bin/python -m scripts.demo compose
 
 up: env ## compose: start the stack and wait until it is healthy (model-server waits for a run ID)
 	docker compose up -d --build --wait mlflow-server airflow-webserver airflow-scheduler airflow-dag-processor
@@ -51,10 +51,10 @@ down: ## compose: stop the stack (volumes, i.e. runs, models and history, are ke
 
 append-data: env $(SCRIPTS_VENV)/.synced ## on a running stack: append labeled rows (FILE=rows.csv) to the training data; mlops_pipeline retrains
 	@test -n "$(FILE)" || { echo "usage: make append-data FILE=rows.csv (the training data's header: docs/inference-log.md)" >&2; exit 2; }
-	$(SCRIPTS_VENV)/bin/python scripts/append_data.py "$(FILE)"
+	$(SCRIPTS_VENV)/bin/python -m scripts.append_data "$(FILE)"
 
 drift-demo: env $(SCRIPTS_VENV)/.synced ## on a running stack (after make demo): normal then shifted traffic, drift checks, labeled rows, retrain
-	$(SCRIPTS_VENV)/bin/python scripts/drift_demo.py
+	$(SCRIPTS_VENV)/bin/python -m scripts.drift_demo
 
 logs: ## compose: follow the logs
 	docker compose logs -f
@@ -67,10 +67,10 @@ SCALE_COMPOSE := docker compose -f docker-compose.yml -f docker-compose.scale.ym
 SCALE_SERVICES := mlflow-server airflow-webserver airflow-scheduler airflow-dag-processor airflow-worker
 
 scale-env: ## scale: create .env, or add the scale variant's secrets to an existing one (other lines untouched)
-	@python3 scripts/make_env.py --add-missing
+	@python3 -m scripts.make_env --add-missing
 
 scale-demo: scale-env $(SCRIPTS_VENV)/.synced ## scale: the demo on Celery workers, PostgreSQL and S3 artifacts
-	$(SCRIPTS_VENV)/bin/python scripts/demo.py compose --compose-file docker-compose.yml --compose-file docker-compose.scale.yml
+	$(SCRIPTS_VENV)/bin/python -m scripts.demo compose --compose-file docker-compose.yml --compose-file docker-compose.scale.yml
 
 scale-up: scale-env ## scale: start the scale variant and wait until it is healthy
 	$(SCALE_COMPOSE) up -d --build --wait $(SCALE_SERVICES)
@@ -85,7 +85,7 @@ MONITORING_COMPOSE ?= docker compose
 MONITORING_SERVICES := prometheus pushgateway grafana
 
 monitoring-env: ## monitoring: create .env, or add Grafana's admin password to an existing one (other lines untouched)
-	@python3 scripts/make_env.py --add-missing
+	@python3 -m scripts.make_env --add-missing
 
 monitoring-up: monitoring-env ## monitoring: start Prometheus (:9090), the Pushgateway and Grafana (:3000) beside the stack
 	$(MONITORING_COMPOSE) --profile monitoring up -d --wait $(MONITORING_SERVICES)
@@ -97,22 +97,22 @@ monitoring-down: ## monitoring: stop the profile's services (their history volum
 
 # --- Local mode (no Docker) ------------------------------------------------------------------------
 screenshots: venv ## on a running stack: README step 6 in a real browser (one DAG run), its key screens into docs/images/
-	$(PY) scripts/screenshots.py
+	$(PY) -m scripts.screenshots
 
 local-demo: env venv ## local: the same flow as `make demo`, as local processes
-	$(PY) scripts/demo.py local
+	$(PY) -m scripts.demo local
 
 local-up: env venv ## local: start the stack and wait until it answers
-	$(PY) scripts/local.py up
+	$(PY) -m scripts.local up
 
 local-down: ## local: stop every process local mode started
-	@if [ -x $(PY) ]; then $(PY) scripts/local.py down; fi
+	@if [ -x $(PY) ]; then $(PY) -m scripts.local down; fi
 
 local-status: ## local: show each service's state
-	$(PY) scripts/local.py status
+	$(PY) -m scripts.local status
 
 local-restart-model: ## local: restart the model-server (after ./update_run_id.sh)
-	$(PY) scripts/local.py restart model-server
+	$(PY) -m scripts.local restart model-server
 
 # --- Quality ---------------------------------------------------------------------------------------
 lint: venv ## ruff, shellcheck and hadolint
@@ -127,10 +127,10 @@ format: venv ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 test: venv lint ## lint, then every test (the compose suite needs a Docker engine; REQUIRE_DOCKER=1 makes that strict)
-	$(VENV)/bin/pytest -p no:randomly $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:randomly $(PYTEST_ARGS)
 
-test-fast: venv ## the edit loop (< 3 min): unit and in-process tests, one tracking server; no Docker, browser or local stack
-	$(VENV)/bin/pytest -m "not (compose or local or browser or slow)" $(PYTEST_ARGS)
+test-fast: venv ## the edit loop (< 100 s): unit and in-process tests, one tracking server; no Docker, browser or local stack
+	$(PY) -m pytest -m "not (compose or local or browser or slow)" --hypothesis-profile=quick $(PYTEST_ARGS)
 
 bench: venv ## benchmarks (not part of test; its runtime is in results.md): benchmarks/results.md; BENCH_ARGS="--help"
-	PYTHONPATH=$(CURDIR)/scripts $(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)

@@ -21,7 +21,7 @@ airflow db migrate
 echo "airflow-init: ensuring the admin user '$user' exists"
 airflow users create \
   --username "$user" \
-  --password "$password" \
+  --password="$password" \
   --firstname Admin \
   --lastname User \
   --role Admin \

@@ -5,8 +5,8 @@ so every task starts with MLflow, scikit-learn, skops and matplotlib already imp
 imports on every run (with Airflow loaded, skops' import searches every loaded module; the cost is measured in
 benchmarks/results.md). The pages are shared between the processes (copy-on-write), so it costs memory once, as
 long as no process's garbage collector writes to them: keep_imports_frozen below. Only third-party libraries are
-imported here, and the one warnings filter (airflow/models/shim_warnings.py): the project's training and DAG code
-is imported by each task, so an edit on the host takes effect on the next run without a restart.
+imported here, and the one warnings filter (importing mlops_pipeline applies it): the project's stages and DAG code
+are imported by each task, so a DAG file edited on the host takes effect on the next run without a restart.
 
 Usage: python scheduler.py [airflow scheduler options]   (the airflow-scheduler service's command)
 """
@@ -18,30 +18,29 @@ import sys
 import threading
 import time
 
-from shim_warnings import ignore_airflow_shim_warnings  # airflow/models, on PYTHONPATH
+import mlops_pipeline  # noqa: F401 - its warnings filter, before skops' import probes Airflow's deprecated shims
 
-ignore_airflow_shim_warnings()  # before skops' import probes Airflow's deprecated shims
-
-import matplotlib  # noqa: E402
+# isort: split
+import matplotlib
 
 matplotlib.use("Agg")  # no display in a container; the evaluate task only saves figures
 
-import matplotlib.pyplot  # noqa: E402, F401
-import mlflow  # noqa: E402, F401
-import mlflow.sklearn  # noqa: E402, F401
-import sklearn.datasets  # noqa: E402, F401
-import sklearn.ensemble  # noqa: E402, F401
-import sklearn.metrics  # noqa: E402, F401
-import sklearn.model_selection  # noqa: E402, F401
-import skops.io  # noqa: E402, F401
-from airflow.__main__ import main  # noqa: E402
+import matplotlib.pyplot  # noqa: F401
+import mlflow  # noqa: F401
+import mlflow.sklearn  # noqa: F401
+import sklearn.datasets  # noqa: F401
+import sklearn.ensemble  # noqa: F401
+import sklearn.metrics  # noqa: F401
+import sklearn.model_selection  # noqa: F401
+import skops.io  # noqa: F401
+from airflow.__main__ import main
 
 
 def keep_imports_frozen(interval: float = 1.0) -> None:
     """Keep what this process imported out of its own garbage collections, so its pages stay shared with the
     processes forked from it. The LocalExecutor freezes the collector while it forks its workers and unfreezes it
     right after; the scheduler's next full collection then writes to every object it had (a collection rewrites each
-    object's header) and the kernel copies those pages: ~100 MiB more, a few minutes after the first task
+    object's header) and the kernel copies those pages, a few minutes after the first task
     (benchmarks/results.md). Objects are still freed when nothing refers to them; only cycles among frozen ones
     are not collected, so the collection before the first freeze leaves none of the imports' garbage behind."""
     gc.collect()

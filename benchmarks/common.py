@@ -20,8 +20,8 @@ from typing import Any
 
 import psutil
 
-from stackclient import Airflow, AirflowError, http
-from stackenv import read_env_file, wait_for
+from scripts.stackclient import Airflow, AirflowError, http
+from scripts.stackenv import read_env_file, wait_for
 
 __all__ = ["Airflow", "AirflowError", "http", "wait_for"]  # the parts take the project's client and wait from here
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,8 +169,8 @@ class Stack:
         self.ports = {key: free_port() for key in keys}
         self.env_file = workdir / "bench.env"
         sets = [arg for key, port in self.ports.items() for arg in ("--set", f"{key}={port}")]
-        make_env = [sys.executable, str(ROOT / "scripts" / "make_env.py"), "--env-file", str(self.env_file), *sets]
-        subprocess.run(make_env, check=True, capture_output=True)
+        make_env = [sys.executable, "-m", "scripts.make_env", "--env-file", str(self.env_file), *sets]
+        subprocess.run(make_env, cwd=ROOT, check=True, capture_output=True)
         self.cfg = read_env_file(self.env_file)
         self.env = {
             **os.environ,

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import (
+
+from benchmarks.common import (
     DAG_ID,
     IMAGES,
     PROJECT,
@@ -34,12 +35,11 @@ from common import (
     target,
     wait_for,
 )
-
-from stackclient import mlflow_login, registry_champion, wait_for_model
-from stackenv import COMPOSE_CORE
+from scripts.stackclient import mlflow_login, registry_champion, wait_for_model
+from scripts.stackenv import COMPOSE_CORE
 
 COLD_START_S, DAG_S, RATIO, MEMORY_MIB, RECOVERY_S = 45.0, 8.0, 1.0, 1.6 * 1024, 90.0
-# The MLflow image carries ONNX Runtime for the compiled predictions (mlflow/predictors.py). The Airflow image's
+# The MLflow image carries ONNX Runtime for the compiled predictions (serving/predictors.py). The Airflow image's
 # target dates from before the drift monitor: Evidently and plotly add about 180 MB (docs/drift.md), a known miss.
 IMAGE_MB = {"airflow": 900.0, "mlflow": 950.0}
 UNITS = {"B": 1, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1e3, "MB": 1e6, "GB": 1e9}
@@ -74,7 +74,7 @@ def cold_start(stack: Stack, tmp: Path) -> dict[str, Any]:
     with open(tmp / "events.jsonl", "w") as out:
         events = subprocess.Popen(events_cmd, stdout=out)
     demo = subprocess.Popen(
-        [sys.executable, "scripts/demo.py", "compose"],
+        [sys.executable, "-m", "scripts.demo", "compose"],
         cwd=ROOT,
         env=stack.env,
         stdout=subprocess.PIPE,
@@ -260,8 +260,8 @@ def run_breakdown(airflow: Airflow, run_id: str) -> dict[str, float]:
 
 
 def training(stack: Stack, runs: int) -> tuple[list[dict], list[dict], list[str]]:
-    """DAG runs and `python train_model.py --register` in the scheduler's container (same image, same tracking
-    server), interleaved; each starts once the model-server has loaded the previous champion."""
+    """DAG runs and `python -m mlops_pipeline.pipeline --register` in the scheduler's container (same image, same
+    tracking server), interleaved; each starts once the model-server has loaded the previous champion."""
     part = "training"
     airflow = stack.airflow()
     scheduler = stack.container("airflow-scheduler")
@@ -273,7 +273,7 @@ def training(stack: Stack, runs: int) -> tuple[list[dict], list[dict], list[str]
         breakdowns.append(run_breakdown(airflow, run_id))
         champion_served(stack)
         started = time.monotonic()
-        stack.run("docker", "exec", scheduler, "python", "/opt/airflow/models/train_model.py", "--register")
+        stack.run("docker", "exec", scheduler, "python", "-m", "mlops_pipeline.pipeline", "--register")
         script_s.append(time.monotonic() - started)
         log(f"training: run {i + 1}/{runs}: DAG {dag_s[-1]:.1f} s, script {script_s[-1]:.1f} s")
     script = f"fresh script {statistics.median(script_s):.1f} s ({min(script_s):.1f}-{max(script_s):.1f})"
@@ -284,7 +284,7 @@ def training(stack: Stack, runs: int) -> tuple[list[dict], list[dict], list[str]
     work = [sum(v for k, v in b.items() if k.endswith(": runs")) for b in breakdowns]
     details = [
         detail(part, "DAG run, trigger to success (client, polls every 0.2 s)", dag_s, "s"),
-        detail(part, "script: train_model.py --register (docker exec)", script_s, "s"),
+        detail(part, "script: python -m mlops_pipeline.pipeline --register (docker exec)", script_s, "s"),
         detail(part, "DAG: sum of task runs", work, "s"),
         detail(
             part,

@@ -4,7 +4,7 @@ Usage: python inprocess.py MODEL_URI RUNS SECONDS   (MLFLOW_TRACKING_URI from th
 Runs inside the model-server's image (`docker exec -i ... python - ... < inprocess.py`) and in the local venv, so
 it needs only what the image has. Prints one JSON line: per run, the wall and CPU milliseconds of one single-row
 predict, and rows per second of one 10,000-row predict, scikit-learn's and the model-server's compiled copy's
-(predictors.py: PYTHONPATH has the model-server's code, /opt/mlflow/bin in the image or mlflow/ locally).
+(mlops_pipeline/serving/predictors.py, installed in the image and in the local venv).
 """
 
 import json
@@ -44,7 +44,7 @@ def main(uri: str, runs: int, seconds: float) -> dict:
     model = mlflow.pyfunc.load_model(uri)
     result = {"uri": uri, "trees": getattr(model.get_raw_model(), "n_estimators", None)}
     result.update(predict_ms=[], predict_cpu_ms=[], batch_rows_s=[], compiled_batch_rows_s=[])
-    from predictors import compile_model  # the model-server's code: PYTHONPATH=/opt/mlflow/bin in the image
+    from mlops_pipeline.serving.predictors import compile_model
 
     compiled = compile_model(model.get_raw_model(), model.input_example)
     for _ in range(runs):

@@ -14,9 +14,9 @@ import statistics
 import time
 from typing import Any
 
-from common import Stack, detail, log, target, wrk
-from compose_parts import idle_memory
-from serving import docker_proxy_pids, recreate_with
+from benchmarks.common import Stack, detail, log, target, wrk
+from benchmarks.compose_parts import idle_memory
+from benchmarks.serving import docker_proxy_pids, recreate_with
 
 # Each switch, and the share of throughput it may cost at most.
 SWITCHES = {"MODEL_SERVER_METRICS": ("/metrics", 0.95), "INFERENCE_LOG": ("the inference log", 0.9)}

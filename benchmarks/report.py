@@ -9,7 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from common import fmt  # noqa: E402
+
+from benchmarks.common import fmt  # noqa: E402
 
 TITLES = {
     "serving-compose": "1. Serving, compose (the model-server's published 127.0.0.1 port)",

@@ -1,7 +1,7 @@
 """make bench: the performance targets, each against a reference measured in the same run.
 
-Usage: PYTHONPATH=scripts python benchmarks/run.py [--parts serving-compose,...] [--runs 3] [--seconds 3] [--no-build]
-(`make bench` sets PYTHONPATH: the benchmarks use the project's client, scripts/stackclient.py.)
+Usage: python -m benchmarks.run [--parts serving-compose,...] [--runs 3] [--seconds 3] [--no-build]
+(from the repository root, as `make bench` runs it: the benchmarks use the project's client, scripts/stackclient.py.)
 Writes benchmarks/results.md, benchmarks/results.json and the PNG plots beside them (nothing outside benchmarks/).
 The compose parts share one `mlopsbench` stack: cold starts first (each on fresh volumes, memory measured idle
 after its DAG run), then serving, training and recovery on the last of them; `down -v` at the end.
@@ -24,11 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import compose_parts
-import monitoring_cost
-import report
-import serving
-from common import BENCH, AirflowError, BenchError, Stack, log, machine
+from benchmarks import compose_parts, monitoring_cost, report, serving
+from benchmarks.common import BENCH, AirflowError, BenchError, Stack, log, machine
 
 PARTS = (
     "serving-compose",

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
-from common import (
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.common import (
     BENCH,
     ROOT,
     SEED,
@@ -43,7 +45,6 @@ from common import (
     wait_for,
     wrk,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 CONNECTIONS = (1, 4)
 BATCH_ROWS = 10_000
@@ -170,7 +171,7 @@ def rows(part: str, raw: dict[str, Any]) -> tuple[list[dict], list[dict], list[s
 def inprocess(stack: Stack, model_uri: str, runs: int, seconds: float) -> dict:
     """scikit-learn's own predict inside the model-server's image (where the time of the scikit-learn path goes)."""
     script = (BENCH / "inprocess.py").read_text()
-    cmd = ["docker", "exec", "-i", "-e", "PYTHONPATH=/opt/mlflow/bin", stack.container("model-server")]
+    cmd = ["docker", "exec", "-i", stack.container("model-server")]
     cmd += ["python", "-", model_uri, str(runs), str(seconds)]
     return json.loads(stack.run(*cmd, input=script).stdout.strip().splitlines()[-1])
 
@@ -221,7 +222,7 @@ def compose(stack: Stack, runs: int, seconds: int, info: dict) -> dict[str, Any]
 
 def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
     """mlflow/tracking-server.sh and mlflow/model-server.sh (compiled, then MODEL_SERVER_COMPILED=false) as local
-    processes on free loopback ports, one model trained by train_model.py; every process is stopped before this
+    processes on free loopback ports, one model trained by mlops_pipeline.pipeline; every process is stopped before this
     returns (also on Ctrl-C)."""
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "GIT_PYTHON_REFRESH": "quiet"}
@@ -242,11 +243,13 @@ def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
         procs.append(start([str(ROOT / "mlflow" / "tracking-server.sh")], tmp / "tracking.log", tracking_env))
         check = lambda: http("GET", f"{tracking_uri}/health")[0] == 200  # noqa: E731
         wait_for("the local tracking server", lambda: alive_and(procs[0], check), 180)
-        log("serving-local: tracking server up; training the default model (train_model.py)")
-        train = [sys.executable, str(ROOT / "airflow" / "models" / "train_model.py"), "--tracking-uri", tracking_uri]
-        out = subprocess.run(train, capture_output=True, text=True, env=env, timeout=600)
+        log("serving-local: tracking server up; training the default model (mlops_pipeline.pipeline)")
+        train = [sys.executable, "-m", "mlops_pipeline.pipeline"]
+        out = subprocess.run(
+            train, capture_output=True, text=True, env={**env, "MLFLOW_TRACKING_URI": tracking_uri}, timeout=600
+        )
         if out.returncode != 0:
-            raise BenchError(f"train_model.py failed: {out.stderr.strip()[-800:]}")
+            raise BenchError(f"mlops_pipeline.pipeline failed: {out.stderr.strip()[-800:]}")
         run_id = out.stdout.strip().splitlines()[-1]
         raw: dict[str, Any] = {"model_uri": f"runs:/{run_id}/model"}
         for key, compiled in (("compiled", "true"), ("sklearn", "false")):

@@ -1,10 +1,8 @@
 """One-shot: create the S3 bucket the tracking server keeps its artifacts in (the scale-out variant's
 `create-bucket` service). Idempotent: an existing bucket is left as it is.
 
-Usage: python create_bucket.py      (settings come from the environment)
-  MLFLOW_S3_ENDPOINT_URL                      the S3 endpoint (e.g. http://seaweedfs:8333)
-  S3_BUCKET                                   the bucket to create
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY    the keys (boto3's standard variables)
+Usage: python create_bucket.py ENDPOINT BUCKET      e.g. http://seaweedfs:8333 mlflow
+  The keys: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, boto3's standard variables (boto3 reads them).
 
 It does not wait for the endpoint: compose starts it once seaweedfs is healthy (`depends_on: service_healthy`).
 botocore's standard retry mode covers what a store that has just started may still answer (5xx, throttling).
@@ -12,7 +10,6 @@ botocore's standard retry mode covers what a store that has just started may sti
 
 from __future__ import annotations
 
-import os
 import sys
 
 import boto3
@@ -20,8 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 
-def main() -> int:
-    endpoint, bucket = os.environ["MLFLOW_S3_ENDPOINT_URL"], os.environ["S3_BUCKET"]
+def main(endpoint: str, bucket: str) -> int:
     retries = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5)
     s3 = boto3.client("s3", endpoint_url=endpoint, config=retries)
     try:
@@ -46,4 +42,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:]) if len(sys.argv) == 3 else __doc__.split("Usage: ")[1].splitlines()[0])

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Entry point of the `model-server` compose service and of local mode. Serves a model over MLflow's scoring
-# protocol (/invocations, /ping, /health, /version): MLflow's scoring code in a small Starlette app (serve.py).
+# protocol (/invocations, /ping, /health, /version): MLflow's scoring code in a small Starlette app
+# (mlops_pipeline/serving/app.py).
 #   - LATEST_MODEL_RUN_ID set (the original tutorial's flow): serves runs:/$LATEST_MODEL_RUN_ID/model;
 #   - LATEST_MODEL_RUN_ID empty: serves models:/$REGISTERED_MODEL_NAME@champion and follows the alias.
 #
@@ -11,7 +12,7 @@
 #   MODEL_SERVER_METRICS       true: GET /metrics for Prometheus (default true)
 #   PROMETHEUS_MULTIPROC_DIR   where the workers keep their counts (default: a directory of this server's own
 #                              in $TMPDIR); its *.db files are removed when the server starts and stops
-#   REGISTERED_MODEL_NAME, MODEL_POLL_SECONDS, MODEL_SERVER_MAX_BODY_BYTES: see serve.py
+#   the app's own settings: mlops_pipeline/settings.py (ServerSettings), described in .env.example
 #
 # It never exits for want of a model (a restart policy would turn that into a crash loop): until one can be
 # loaded it answers /ping with 503, so the healthcheck stays unhealthy, and its log says what to do.
@@ -56,12 +57,11 @@ case "${MODEL_SERVER_METRICS:-true}" in
   *) echo "model-server: MODEL_SERVER_METRICS='$MODEL_SERVER_METRICS' must be true or false." >&2; exit 2 ;;
 esac
 # gunicorn imports the app (MLflow, scikit-learn, ONNX Runtime) once, then forks the workers (--preload), so they
-# share those pages; each worker is uvicorn on uvloop and httptools (serve.Worker). --timeout: a worker whose
+# share those pages; each worker is uvicorn on uvloop and httptools (app.Worker). --timeout: a worker whose
 # event loop is stuck that long is replaced.
 here="$(cd "$(dirname "$0")" && pwd)"
-exec gunicorn 'serve:create_app()' --preload --worker-class serve.Worker \
+exec gunicorn 'mlops_pipeline.serving.app:create_app()' --preload --worker-class mlops_pipeline.serving.app.Worker \
   --config "$here/gunicorn.conf.py" \
-  --chdir "$here" \
   --bind "${MODEL_SERVER_HOST:-0.0.0.0}:${MODEL_SERVER_PORT:-5001}" \
   --workers "$workers" \
   --timeout 60

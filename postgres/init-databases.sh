@@ -28,7 +28,7 @@ CREATE DATABASE mlflow OWNER mlflow;
 REVOKE ALL ON DATABASE airflow FROM PUBLIC;
 REVOKE ALL ON DATABASE mlflow FROM PUBLIC;
 
--- The inference log (mlflow/inference_log.py writes, airflow/models/inference_data.py reads): owned by the
+-- The inference log (mlops_pipeline/serving/inference_log.py writes, mlops_pipeline/monitoring/log_reader.py reads): owned by the
 -- superuser, so neither role can change the table; one JSON record per scored request.
 CREATE ROLE inference_writer LOGIN PASSWORD :'writer_password';
 CREATE ROLE inference_reader LOGIN PASSWORD :'reader_password';

@@ -1,6 +1,6 @@
 """Append labeled rows to the stack's training data; mlops_pipeline then retrains by itself (its asset changed).
 
-Usage: python scripts/append_data.py ROWS.csv [--no-wait]      (make append-data FILE=ROWS.csv; .env or ENV_FILE)
+Usage: python -m scripts.append_data ROWS.csv [--no-wait]      (make append-data FILE=ROWS.csv; .env or ENV_FILE)
 
 ROWS.csv has the training data's header: the four Iris feature columns as scikit-learn names them and `target`
 (0 setosa, 1 versicolor, 2 virginica). The rows go to Airflow's `append_training_data` DAG through its REST API;
@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import re
 from pathlib import Path
 
-from stackclient import Airflow, run_script
-from stackenv import ROOT, settings, wait_for
+from scripts.stackclient import Airflow, run_script
+from scripts.stackenv import ROOT, settings, wait_for
 
 APPEND_DAG = "append_training_data"
 TRAINING_DAG = "mlops_pipeline"
@@ -38,13 +36,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def refusal(airflow: Airflow, dag_run_id: str) -> str:
-    """The task's own words for why it refused the rows: the exception in its log, structured or as text."""
-    log = airflow.task_log(APPEND_DAG, dag_run_id, "append")
-    structured = re.findall(r'"exc_type": "(?:ValueError|DataError)", "exc_value": ("(?:[^"\\]|\\.)*")', log)
-    if structured:
-        return json.loads(structured[-1])
-    found = re.findall(r"(?:ValueError|DataError): (.+)", log)
-    return found[-1] if found else "see the task log of append_training_data in the Airflow UI"
+    """The task's own words for why it refused the rows: the exception its log records (the schema's DataError
+    names the row and the problem)."""
+    error = airflow.task_error(APPEND_DAG, dag_run_id, "append")
+    if error is None:
+        return "see the task log of append_training_data in the Airflow UI"
+    return error["exc_value"] if error.get("exc_type") == "DataError" else f"{error['exc_type']}: {error['exc_value']}"
 
 
 def main(argv: list[str] | None = None) -> int:

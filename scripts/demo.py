@@ -1,6 +1,6 @@
 """The original tutorial's whole flow in one command, on Docker Compose or in local mode.
 
-Usage: python scripts/demo.py compose|local [--seed-flow] [--compose-file FILE ...]
+Usage: python -m scripts.demo compose|local [--seed-flow] [--compose-file FILE ...]
 
 `make demo` runs it in a small venv of the lock's `scripts` group (python-dotenv, tenacity): nothing else on
 the host but Docker and python3.
@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from stackclient import Airflow, http, mlflow_login, registry_champion, run_script, wait_for_model
-from stackenv import COMPOSE_CORE, ROOT, settings, wait_for
+from scripts.stackclient import Airflow, http, mlflow_login, registry_champion, run_script, wait_for_model
+from scripts.stackenv import COMPOSE_CORE, ROOT, settings, wait_for
 
 DAG_ID = "mlops_pipeline"
 SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         run([*compose, "up", "-d", "--no-build", "model-server"])
     else:
         try:
-            run([python, "scripts/local.py", "up"])
+            run([python, "-m", "scripts.local", "up"])
         except subprocess.CalledProcessError as exc:
             raise SystemExit(exc.returncode) from None
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "compose":
             run([*compose, "up", "-d", "--no-build", "--wait", "model-server"])
         else:
-            run([python, "scripts/local.py", "restart", "model-server"])
+            run([python, "-m", "scripts.local", "restart", "model-server"])
         wait_http(f"{model_url}/ping", "model-server")
     else:
         print("== 3/4 the model-server follows the registry's champion by itself", flush=True)

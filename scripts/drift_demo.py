@@ -2,7 +2,7 @@
 traffic and a check (drift, report in MLflow), labeled rows of the shifted traffic appended, the retraining the
 asset starts, and the new champion serving.
 
-Usage: python scripts/drift_demo.py [--requests N] [--labeled M]      (make drift-demo; .env or ENV_FILE)
+Usage: python -m scripts.drift_demo [--requests N] [--labeled M]      (make drift-demo; .env or ENV_FILE)
 
 Traffic is drawn from the champion's own training rows (its reference/train.csv in MLflow), one row per request,
 each feature with a little measurement noise (sd 0.05 cm). The shift (docs/drift.md): the mix of flowers changes
@@ -24,14 +24,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
-import append_data
-from stackclient import Airflow, http, mlflow_login, registry_champion_version, run_script, wait_for_model
-from stackenv import ROOT, settings
+from mlops_pipeline.schema import CLASS_NAMES, LABEL_COLUMN, MODEL_NAME, REFERENCE_ARTIFACT
+from scripts import append_data
+from scripts.stackclient import Airflow, http, mlflow_login, registry_champion_version, run_script, wait_for_model
+from scripts.stackenv import ROOT, settings
 
 MONITOR_DAG = "monitor_model"
-REFERENCE = "reference/train.csv"
-LABEL = "target"
-VIRGINICA = 2
+VIRGINICA = CLASS_NAMES.index("virginica")
 NOISE_CM = 0.05
 
 
@@ -47,7 +46,7 @@ class Stack:
         self.mlflow = f"http://127.0.0.1:{cfg.get('MLFLOW_PORT') or 5000}"
         self.model = f"http://127.0.0.1:{cfg.get('MODEL_SERVER_PORT') or 5001}"
         self.mlflow_headers = mlflow_login(cfg)
-        self.name = cfg.get("REGISTERED_MODEL_NAME") or "iris-classifier"
+        self.name = cfg.get("REGISTERED_MODEL_NAME") or MODEL_NAME
         airflow = f"http://127.0.0.1:{cfg.get('AIRFLOW_PORT') or 8080}"
         self.airflow = Airflow(airflow, cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", cfg["AIRFLOW_ADMIN_PASSWORD"])
 
@@ -60,10 +59,10 @@ class Stack:
 
     def reference(self, run_id: str) -> list[dict[str, str]]:
         """The rows the champion was trained on, as its run logged them."""
-        url = f"{self.mlflow}/get-artifact?path={quote(REFERENCE)}&run_uuid={quote(run_id)}"
+        url = f"{self.mlflow}/get-artifact?path={quote(REFERENCE_ARTIFACT)}&run_uuid={quote(run_id)}"
         status, body = http("GET", url, headers=self.mlflow_headers)
         if status != 200 or not isinstance(body, str):
-            raise fail(f"run {run_id} has no {REFERENCE} (HTTP {status}): it was trained before runs logged their rows")
+            raise fail(f"run {run_id} has no {REFERENCE_ARTIFACT} (HTTP {status}): it predates runs logging their rows")
         return list(csv.DictReader(io.StringIO(body)))
 
     def send(self, rows: list[list[float]]) -> None:
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     champion = stack.champion()
     version = champion["version"]
     reference = stack.reference(champion["run_id"])
-    features = [c for c in reference[0] if c != LABEL]
+    features = [c for c in reference[0] if c != LABEL_COLUMN]
     print(f"drift-demo: {stack.name} version {version} is champion; {len(reference)} training rows as reference")
     wait_for_model(stack.model, version)
     stack.airflow.wait_for_dag(MONITOR_DAG)
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     send_and_check(f"1. sent {args.requests} requests drawn from the training rows", reference, "no drift")
-    virginica = [row for row in reference if int(float(row[LABEL])) == VIRGINICA]
+    virginica = [row for row in reference if int(float(row[LABEL_COLUMN])) == VIRGINICA]
     second = send_and_check(f"2. sent {args.requests} requests of virginica only (the shift)", virginica, "drift")
     print(f"drift-demo:    the report: {stack.run_link(second['monitoring_run_id'])} (drift_report.html)")
 
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(tmp) / "labeled.csv"
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow([*features, LABEL])
+            writer.writerow([*features, LABEL_COLUMN])
             writer.writerows([*row, VIRGINICA] for row in labeled)
         print(f"drift-demo: 3. appending {args.labeled} labeled rows of the shifted traffic", flush=True)
         append_data.main([str(path)])

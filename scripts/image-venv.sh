@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # The builder stage of both images (airflow/Dockerfile, mlflow/Dockerfile): install exactly what uv.lock pins
-# for the image's dependency groups (hashes checked, nothing resolved) into /opt/venv.
+# for the image's dependency groups (hashes checked, nothing resolved) into /opt/venv; then, in a later layer (so
+# a code change does not reinstall the dependencies), the project's package itself.
 #
 # Usage: image-venv.sh GROUP [GROUP ...]     pyproject.toml and uv.lock beside this script
+#        image-venv.sh --package             the mlops_pipeline package beside it, built and installed as a wheel
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
-  echo "usage: image-venv.sh GROUP [GROUP ...]" >&2
+  echo "usage: image-venv.sh GROUP [GROUP ...] | --package" >&2
   exit 2
 fi
 
 cd "$(dirname "$0")"
-pip install --no-cache-dir "uv==${UV_VERSION:-0.13.9}"
 export UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 \
   UV_LINK_MODE=copy
+if [ "$1" = "--package" ]; then
+  exec uv pip install --python /opt/venv/bin/python --no-deps .
+fi
+pip install --no-cache-dir "uv==${UV_VERSION:-0.13.9}"
 groups=()
 for group in "$@"; do groups+=(--group "$group"); done
 uv sync --frozen --no-default-groups "${groups[@]}" --no-install-project

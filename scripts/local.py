@@ -1,6 +1,6 @@
 """Local mode: the compose stack's services as local processes, managed by supervisord (no Docker needed).
 
-Usage: python scripts/local.py up | down | status | restart SERVICE | exec SERVICE
+Usage: python -m scripts.local up | down | status | restart SERVICE | exec SERVICE
 
 Each service runs with the command and environment of its docker-compose.yml service (read from that file),
 with container paths and host names mapped to this checkout. State (databases, artifacts, logs, pids) lives
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import requests
 
-from stackenv import COMPOSE_CORE, ROOT, SettingsError, compose_services, settings, wait_for
+from scripts.stackenv import COMPOSE_CORE, ROOT, SettingsError, compose_services, settings, wait_for
 
 ENV_FILE = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
 STATE = Path(os.environ.get("LOCAL_STATE_DIR", ROOT / ".local")).resolve()
 VENV_BIN = Path(sys.executable).parent
 LONG_RUNNING = [*COMPOSE_CORE, "model-server"]
+EXECUTION_API = "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"  # healthcheck.py asks the api-server behind it
 AIRFLOW_SERVICES = {"airflow-init", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor"}
 # Where the images keep the scripts, and where they are in this checkout.
 PATH_MAP = {"/opt/airflow/bin/": ROOT / "airflow", "/opt/mlflow/bin/": ROOT / "mlflow"}
@@ -49,9 +50,8 @@ def local_overrides(service: str, cfg: dict[str, str]) -> dict[str, str]:
         return {
             "AIRFLOW_HOME": str(STATE / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow" / "dags"),
-            "PYTHONPATH": str(ROOT / "airflow" / "models"),  # the image's PYTHONPATH: the DAG imports train_model
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{STATE}/airflow/airflow.db",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{p['airflow']}/execution/",
+            EXECUTION_API: f"http://127.0.0.1:{p['airflow']}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(p["airflow"]),
             "MLFLOW_TRACKING_URI": mlflow_uri,
@@ -90,7 +90,7 @@ def supervisor_conf() -> Path:
     for name in LONG_RUNNING:
         programs.append(
             f"[program:{name}]\n"
-            f"command={shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} exec {name}\n"
+            f"command={shlex.quote(sys.executable)} -m scripts.local exec {name}\n"
             f"directory={ROOT}\n"
             "autostart=false\nautorestart=true\nstartsecs=3\nstopwaitsecs=20\n"
             "stopasgroup=true\nkillasgroup=true\nredirect_stderr=true\n"
@@ -173,7 +173,7 @@ def up() -> None:
             "airflow-scheduler to be healthy",
             lambda: (
                 subprocess.run(
-                    [sys.executable, str(ROOT / "airflow" / "healthcheck.py"), "scheduler"],
+                    [sys.executable, str(ROOT / "airflow" / "healthcheck.py"), "scheduler", env[EXECUTION_API]],
                     env=env,
                     capture_output=True,
                 ).returncode

@@ -1,7 +1,7 @@
 """Create .env from .env.example with fresh secrets; never overwrite an existing .env.
 
-Usage: python scripts/make_env.py [--env-file .env] [--example .env.example] [--set KEY=VALUE ...] [--add-missing]
-       python scripts/make_env.py --list-keys
+Usage: python -m scripts.make_env [--env-file .env] [--example .env.example] [--set KEY=VALUE ...] [--add-missing]
+       python -m scripts.make_env --list-keys
   --add-missing   when .env exists: append fresh values for the secrets it lacks (an .env made before the
                   scale-out variant gains that variant's secrets; `make scale-env`); every existing line stays
   --list-keys     print the keys it generates (clean_disk.sh gives each a placeholder)

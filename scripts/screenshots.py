@@ -1,6 +1,6 @@
 """`make screenshots`: README step 6 in a real browser against the running stack, its key screens into docs/images/.
 
-Usage: python scripts/screenshots.py [--env-file .env] [--out docs/images]
+Usage: python -m scripts.screenshots [--env-file .env] [--out docs/images]
 
 The walkthrough is the browser suite's (ui_flow.py): log into Airflow, trigger `mlops_pipeline` with the Trigger
 button (one more DAG run, as the README does), watch it turn green, then MLflow from its home page to the run and
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from stackclient import http, mlflow_login
-from stackenv import SettingsError, settings
-from ui_flow import UIFlowError, chromium_unavailable_reason, run_ui_flow
+from scripts.stackclient import http, mlflow_login
+from scripts.stackenv import SettingsError, settings
+from scripts.ui_flow import UIFlowError, chromium_unavailable_reason, run_ui_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 # The screens the README and docs/ui-walkthrough.md show, by the names ui_flow gives them.

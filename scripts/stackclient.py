@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import NoReturn
 from urllib.parse import quote
 
-from stackenv import SettingsError, wait_for
+from mlops_pipeline.schema import CHAMPION, MODEL_NAME
+from scripts.stackenv import SettingsError, wait_for
 
 
 class AirflowError(RuntimeError):
@@ -104,17 +105,22 @@ class Airflow:
         answer = self.call("GET", f"/dags/{dag_id}/dagRuns?order_by=-run_after&limit=100")
         return answer.get("dag_runs", [])
 
-    def task_log(self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1) -> str:
-        """A task try's log as text, a structured line as its JSON (Airflow answers JSON only when asked for it)."""
+    def task_log_lines(self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1) -> list:
+        """A task try's log: text lines, and structured lines as dicts (Airflow answers JSON only when asked)."""
         path = f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/logs/{try_number}"
         headers = {**self.headers, "Accept": "application/json"}
         status, answer = http("GET", f"{self.base}/api/v2{path}", headers=headers)
         if status != 200 or not isinstance(answer, dict):
             raise AirflowError(f"GET /api/v2{path} answered HTTP {status}: {answer}")
         content = answer.get("content", "")
-        if isinstance(content, list):
-            return "\n".join(json.dumps(line) if isinstance(line, dict) else str(line) for line in content)
-        return str(content)
+        return content if isinstance(content, list) else str(content).splitlines()
+
+    def task_error(self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1) -> dict | None:
+        """The exception a failed task try ended with, as its structured log records it ({"exc_type": ...,
+        "exc_value": ...}), or None."""
+        lines = self.task_log_lines(dag_id, dag_run_id, task_id, try_number)
+        errors = [e for line in lines if isinstance(line, dict) for e in line.get("error_detail") or []]
+        return errors[-1] if errors else None
 
     def wait_for_run(self, dag_id: str, dag_run_id: str, timeout: float = 900, progress: bool = True) -> str:
         """The run's final state, "success" or "failed"; with `progress`, prints each state change."""
@@ -142,7 +148,7 @@ def registry_champion_version(mlflow_url: str, name: str | None, headers: Mappin
     """The registry's current champion (MLflow REST: its version, run_id, ...), whatever the last gate decided."""
     status, body = http(
         "GET",
-        f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={quote(name or 'iris-classifier')}&alias=champion",
+        f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={quote(name or MODEL_NAME)}&alias={CHAMPION}",
         headers=headers,
     )
     return status, body.get("model_version", {}) if isinstance(body, dict) else {}

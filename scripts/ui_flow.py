@@ -15,7 +15,7 @@ one more read: the MLflow run's parameters, which its Overview must show.
 
 Usable from any suite (local mode, compose):
 
-    from ui_flow import require_chromium, run_ui_flow
+    from scripts.ui_flow import require_chromium, run_ui_flow
     require_chromium()  # skips (or fails with REQUIRE_BROWSER=1) when there is no browser
     result = run_ui_flow(airflow_url, mlflow_url, "admin", password, shots_dir)
 
@@ -33,15 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from stackclient import Airflow, AirflowError, http
-from stackenv import wait_for
+from mlops_pipeline.schema import EXPERIMENT, MODEL_NAME
+from scripts.stackclient import Airflow, AirflowError, http
+from scripts.stackenv import wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page, Request
 
 DAG_ID = "mlops_pipeline"
-EXPERIMENT = "mlops_pipeline"
-MODEL = "iris-classifier"
 ARTIFACTS = ("confusion_matrix.png", "feature_importance.png")  # the two plots `evaluate` logs
 PARAMS = ("n_estimators", "max_depth")  # the seed's hyper-parameters, shown on the run's Overview
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -364,7 +363,7 @@ def _mlflow_open_run(flow: _Flow, experiment: str, mlflow_run_id: str, params: d
     page.wait_for_url(re.compile(rf"#/experiments/[^/]+/runs/{mlflow_run_id}"))
     expect(page.get_by_test_id("key-value-Run ID")).to_contain_text(mlflow_run_id)
     headings = [re.compile(rf"^{h} \(\d+\)$") for h in ("Metrics", "Parameters", "Logged models")]
-    flow.screen("mlflow-run", *headings, *[t for kv in params.items() for t in kv], "accuracy", "f1_macro")
+    flow.screen("mlflow-run", *headings, *[t for kv in params.items() for t in kv], "accuracy_score", "f1_score")
     found = re.search(r"#/experiments/([^/]+)/runs/", page.url)
     return found.group(1) if found else ""
 
@@ -426,7 +425,7 @@ def run_ui_flow(
     *,
     dag_id: str = DAG_ID,
     experiment: str = EXPERIMENT,
-    model: str = MODEL,
+    model: str = MODEL_NAME,
     artifacts: tuple[str, ...] = ARTIFACTS,
     mlflow_headers: dict[str, str] | None = None,
     run_timeout: float = 900,

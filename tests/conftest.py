@@ -12,23 +12,32 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import hypothesis
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from shim_warnings import AIRFLOW_SHIM_WARNING
-from stackclient import Airflow
-from stackenv import read_env_file, wait_for
+from mlops_pipeline import AIRFLOW_SHIM_WARNING
+from scripts.stackclient import Airflow
+from scripts.stackenv import read_env_file, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # Model-servers the tests start (in process or as processes) record nothing unless a test turns the inference log
 # on with a directory of its own: its default directory is the image's.
 os.environ["INFERENCE_LOG"] = "false"
+
+
+# Hypothesis profiles: make test (and CI) runs "thorough"; make test-fast, the edit loop, "quick"
+# (--hypothesis-profile=quick): the same properties on fewer generated cases.
+hypothesis.settings.register_profile("thorough", max_examples=1100)
+hypothesis.settings.register_profile("quick", max_examples=300)
+hypothesis.settings.load_profile("thorough")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,6 +59,12 @@ def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], f
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The sum of the matching samples (0 when there is none, as for a counter never incremented)."""
     return sum(v for _, v in samples(text, name, **labels))
+
+
+def training_runs(runs: list[dict]) -> list[dict]:
+    """MLflow REST runs without the nested ones: one training run per DAG run (the gate evaluates the champion in a
+    run nested in the candidate's)."""
+    return [r for r in runs if "mlflow.parentRunId" not in {t["key"] for t in r["data"].get("tags", [])}]
 
 
 def free_port() -> int:
@@ -124,7 +139,8 @@ def make_env_file(path: Path, **values: str) -> Path:
     """A .env made exactly as `make env` makes it, with test-specific overrides."""
     sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_env.py"), "--env-file", str(path), *sets],
+        [sys.executable, "-m", "scripts.make_env", "--env-file", str(path), *sets],
+        cwd=ROOT,
         check=True,
         capture_output=True,
     )
@@ -230,14 +246,23 @@ class ComposeProject:
         return Airflow(self.airflow_url, self.cfg["AIRFLOW_ADMIN_USERNAME"], self.cfg["AIRFLOW_ADMIN_PASSWORD"])
 
 
+def wait_until_serving(script: Path, proc: subprocess.Popen, health_url: str, log: Path, timeout: float) -> None:
+    """Until `health_url` answers; a failed start raises with the log's tail: the script and the server say why
+    only there."""
+    try:
+        wait_until_up(health_url, timeout=timeout, proc=proc)
+    except (RuntimeError, TimeoutError) as exc:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise RuntimeError(f"{script.name}: {exc}; the last lines of {log}:\n{tail}") from exc
+
+
 @contextmanager
 def service(
     script: Path, log: Path, env: Mapping[str, str], health_url: str | None, timeout: float = 120
 ) -> Iterator[subprocess.Popen]:
     """Run an entry script (mlflow/*.sh) as its own process group, the venv's bin dir first on PATH, output to
     `log`; wait until `health_url` answers (None: do not wait). The group because the script execs a server that
-    forks workers: stopping the group stops them all. A failed start raises with the log's tail: the script and
-    the server say why only there."""
+    forks workers: stopping the group stops them all."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -245,11 +270,7 @@ def service(
         )
         try:
             if health_url is not None:
-                try:
-                    wait_until_up(health_url, timeout=timeout, proc=proc)
-                except (RuntimeError, TimeoutError) as exc:
-                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-                    raise RuntimeError(f"{script.name}: {exc}; the last lines of {log}:\n{tail}") from exc
+                wait_until_serving(script, proc, health_url, log, timeout)
             yield proc
         finally:
             with contextlib.suppress(ProcessLookupError):  # the group may be gone already
@@ -262,23 +283,49 @@ def service(
                 proc.wait()
 
 
-@pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """mlflow/tracking-server.sh on a free loopback port with a throwaway store."""
-    data = tmp_path_factory.mktemp("mlruns")
+# The session's tracking server starts as soon as collection shows that a test needs it, so that its start-up
+# (~10 s) overlaps the tests that run first; the fixture waits for it. Stopped when the session ends.
+BACKGROUND = contextlib.ExitStack()
+TRACKING: dict[str, object] = {}
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what will not run
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if TRACKING or not any("tracking_server" in getattr(item, "fixturenames", ()) for item in items):
+        return
+    data = Path(tempfile.mkdtemp(prefix="pytest-mlruns-"))
+    BACKGROUND.callback(shutil.rmtree, data, ignore_errors=True)
     port = free_port()
     env = {**os.environ, "MLFLOW_DATA_DIR": str(data), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port)}
-    uri = f"http://127.0.0.1:{port}"
-    with service(ROOT / "mlflow" / "tracking-server.sh", data / "server.log", env, f"{uri}/health"):
-        yield uri
+    proc = BACKGROUND.enter_context(service(ROOT / "mlflow" / "tracking-server.sh", data / "server.log", env, None))
+    TRACKING.update(uri=f"http://127.0.0.1:{port}", proc=proc, log=data / "server.log")
+
+
+def pytest_sessionfinish() -> None:
+    BACKGROUND.close()
+
+
+@pytest.fixture(scope="session")
+def tracking_server() -> str:
+    """mlflow/tracking-server.sh on a free loopback port with a throwaway store (started at collection)."""
+    uri = str(TRACKING["uri"])
+    wait_until_serving(ROOT / "mlflow" / "tracking-server.sh", TRACKING["proc"], f"{uri}/health", TRACKING["log"], 120)
+    return uri
 
 
 @pytest.fixture(scope="session")
 def trained_run(tracking_server: str) -> str:
     """One real training run (default settings) in the default experiment."""
-    import train_model
+    return train_run(tracking_server)
 
-    return train_model.run(tracking_server, train_model.DEFAULT_EXPERIMENT, train_model.TrainConfig())
+
+def train_run(tracking_server: str, experiment: str = "mlops_pipeline", **settings: object) -> str:
+    """check -> train -> evaluate in one process, as the DAG does it, with these settings over the environment's."""
+    from mlops_pipeline import pipeline
+    from mlops_pipeline.settings import TrainSettings, from_env
+
+    given = {"mlflow_tracking_uri": tracking_server, "mlflow_experiment_name": experiment, **settings}
+    return pipeline.run(from_env(TrainSettings, **given))
 
 
 def pinned_server_env(tracking_uri: str, run_id: str, port: int, workers: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_env_file, require_compose
-from make_env import SECRET_KEYS
+from scripts.make_env import SECRET_KEYS
 
 COMPOSE = ROOT / "docker-compose.yml"
 LONG_RUNNING = {"mlflow-server", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor", "model-server"}
@@ -135,7 +135,7 @@ def test_local_mode_uses_the_compose_settings(tmp_path, monkeypatch) -> None:  #
     monkeypatch.setenv("ENV_FILE", str(env_file))
     import importlib
 
-    import local
+    from scripts import local
 
     local = importlib.reload(local)
     command, env = local.command_and_env("airflow-scheduler")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_env_file, require_compose
-from make_env import SECRET_KEYS
+from scripts.make_env import SECRET_KEYS
 
 BASE = ROOT / "docker-compose.yml"
 SCALE = ROOT / "docker-compose.scale.yml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,35 +46,29 @@ def test_dag_shape(dagbag, training_data: Path) -> None:  # noqa: ANN001
     }
     for task_id in ("train", "evaluate", "register"):
         assert dag.get_task(task_id).retries >= 1, task_id
-    # A finished run reports its duration and outcome to the Pushgateway (airflow/models/pipeline_metrics.py).
+    # A finished run reports its duration and outcome to the Pushgateway (monitoring/pipeline_metrics.py).
     assert dag.on_success_callback.__name__ == "report_success"
     assert dag.on_failure_callback.__name__ == "report_failure"
 
 
 def test_parsing_does_not_import_heavy_libraries(tmp_path: Path) -> None:
-    """The dag-processor re-parses the file constantly: mlflow/sklearn must load only inside the task, and naming
-    the asset must not create its file (PYTHONPATH as the image sets it)."""
+    """The dag-processor re-parses the files constantly: mlflow/sklearn/pandas must load only inside the tasks,
+    and naming the asset must not create its file. One fresh interpreter parses the files one after the other and
+    says, after each, which heavy library it has loaded."""
     code = (
-        "import runpy, sys; runpy.run_path(sys.argv[1]);"
-        "heavy = [m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules];"
-        "print(heavy); sys.exit(1 if heavy else 0)"
+        "import json, runpy, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    runpy.run_path(path)\n"
+        "    print(json.dumps([path, [m for m in ('mlflow', 'sklearn', 'pandas') if m in sys.modules]]))\n"
     )
     data = tmp_path / "iris.csv"
-    env = {
-        **os.environ,
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "PYTHONPATH": str(ROOT / "airflow" / "models"),
-        "TRAINING_DATA_PATH": str(data),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(DAGS / "ml_pipeline.py")], env=env, capture_output=True, text=True
-    )
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "TRAINING_DATA_PATH": str(data)}
+    files = [str(DAGS / name) for name in ("ml_pipeline.py", "monitor_model.py", "append_training_data.py")]
+    result = subprocess.run([sys.executable, "-c", code, *files], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    found = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('["')]
+    assert found == [[path, []] for path in files]
     assert not data.exists()
-    for dag_file in ("monitor_model.py", "append_training_data.py"):
-        argv = [sys.executable, "-c", code, str(DAGS / dag_file)]
-        result = subprocess.run(argv, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, dag_file + result.stdout + result.stderr
 
 
 def test_the_monitor_checks_hourly_one_run_at_a_time_and_takes_a_minimum(dagbag, monkeypatch) -> None:  # noqa: ANN001
@@ -84,10 +79,11 @@ def test_the_monitor_checks_hourly_one_run_at_a_time_and_takes_a_minimum(dagbag,
     assert dag.timetable.expression == "0 * * * *"
     assert dag.catchup is False and dag.max_active_runs == 1
     assert [t.task_id for t in dag.tasks] == ["check_drift"]
-    import drift
+    from mlops_pipeline.monitoring import drift
 
     seen = []
-    monkeypatch.setattr(drift, "monitor", lambda cfg, since: seen.append((cfg.min_rows, since)) or {"status": "ok"})
+    record = lambda cfg, since: seen.append((cfg.monitor_min_rows, since)) or {"status": "ok"}  # noqa: E731
+    monkeypatch.setattr(drift, "monitor", record)
     monkeypatch.setenv("MONITOR_MIN_ROWS", "100")
     task = dag.get_task("check_drift")
     assert task.python_callable(params={"min_rows": 7, "since": "2026-12-04T10:00:00+00:00"}) == {"status": "ok"}
@@ -97,7 +93,8 @@ def test_the_monitor_checks_hourly_one_run_at_a_time_and_takes_a_minimum(dagbag,
 
 def test_appending_rows_updates_the_asset_mlops_pipeline_runs_on(dagbag, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """The append task's outlet is the asset mlops_pipeline is scheduled on; its rows go in all or none."""
-    import train_model
+    from mlops_pipeline import data as stage
+    from mlops_pipeline.schema import FEATURE_NAMES, IRIS_ROWS, DataError
 
     dag = dagbag.dags["append_training_data"]
     task = dag.get_task("append")
@@ -106,11 +103,11 @@ def test_appending_rows_updates_the_asset_mlops_pipeline_runs_on(dagbag, tmp_pat
     assert outlets == schedule
     data = tmp_path / "iris.csv"
     monkeypatch.setenv("TRAINING_DATA_PATH", str(data))
-    good = dict(zip(train_model.FEATURE_NAMES, ("6.1", "2.8", "4.7", "1.2"), strict=True)) | {"target": "1"}
+    good = dict(zip(FEATURE_NAMES, ("6.1", "2.8", "4.7", "1.2"), strict=True)) | {"target": "1"}
     assert task.python_callable(params={"rows": [good, good]}) == {"appended": 2, "file": str(data)}
-    x, y = train_model.load_data(data)
-    assert len(x) == train_model.IRIS_ROWS + 2 and x[-1].tolist() == [6.1, 2.8, 4.7, 1.2] and y[-1] == 1
+    x, y = stage.load(data)
+    assert len(x) == IRIS_ROWS + 2 and x[-1].tolist() == [6.1, 2.8, 4.7, 1.2] and y[-1] == 1
     before = data.read_bytes()
-    with pytest.raises(ValueError, match="row 2: target is '7'"):
+    with pytest.raises(DataError, match="row 2: target is '7'"):
         task.python_callable(params={"rows": [good, good | {"target": "7"}]})
     assert data.read_bytes() == before

@@ -1,4 +1,4 @@
-"""airflow/models/drift.py: Evidently's verdict on served rows against training rows (none for rows like the
+"""mlops_pipeline/monitoring/drift.py: Evidently's verdict on served rows against training rows (none for rows like the
 training rows, drift for a documented shift), and a whole check against a real tracking server: the window read
 once, the figures and the HTML report logged to mlops_monitoring, "not enough data" and a missing reference."""
 
@@ -16,11 +16,13 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.datasets import load_iris
 
-import drift
-import train_model
-from inference_log import InferenceLog
+from mlops_pipeline import data, registry, train
+from mlops_pipeline.monitoring import drift
+from mlops_pipeline.schema import CHAMPION, FEATURE_NAMES, LABEL_COLUMN, MONITORING_EXPERIMENT, ConfigError
+from mlops_pipeline.serving.inference_log import InferenceLog
+from mlops_pipeline.settings import MonitorSettings, TrainSettings, from_env
 
-FEATURES = list(train_model.FEATURE_NAMES)
+FEATURES = list(FEATURE_NAMES)
 
 
 def iris_frame() -> pd.DataFrame:
@@ -77,26 +79,6 @@ def test_metric_keys_are_ones_mlflow_accepts() -> None:
     assert drift.metric_key(drift.PREDICTION) == "prediction"
 
 
-@pytest.mark.parametrize(
-    ("env", "problem"),
-    [
-        ({"MONITOR_MIN_ROWS": "0"}, "MONITOR_MIN_ROWS"),
-        ({"MONITOR_MIN_ROWS": "many"}, "MONITOR_MIN_ROWS"),
-        ({"MONITOR_SETTLE_SECONDS": "-1"}, "MONITOR_SETTLE_SECONDS"),
-        ({"MONITOR_SETTLE_SECONDS": "soon"}, "MONITOR_SETTLE_SECONDS"),
-        ({"MONITOR_SETTLE_SECONDS": "nan"}, "MONITOR_SETTLE_SECONDS"),
-    ],
-)
-def test_bad_settings_are_refused_by_name(env: dict[str, str], problem: str) -> None:
-    with pytest.raises(train_model.ConfigError, match=problem):
-        drift.config_from_env(env)
-
-
-def test_defaults() -> None:
-    cfg = drift.config_from_env({})
-    assert cfg == drift.MonitorConfig(Path(drift.DEFAULT_LOG_DIR), 100, 5.0)
-
-
 # --- A whole check against a real tracking server -------------------------------------------------------------
 
 
@@ -108,9 +90,13 @@ def champion(tracking_server: str, trained_run: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
     monkeypatch.setenv("PUSHGATEWAY_URL", "")
     mlflow.set_tracking_uri(tracking_server)
-    result = train_model.register_and_promote(trained_run, model_name=name, min_accuracy=0.0)
+    result = registry.register_and_promote(trained_run, from_env(TrainSettings, min_accuracy=0))
     assert result["promoted"]
     return name, str(result["version"]), trained_run
+
+
+def monitor_settings(directory: Path, min_rows: int) -> MonitorSettings:
+    return from_env(MonitorSettings, inference_log_dir=directory, monitor_min_rows=min_rows, monitor_settle_seconds=0)
 
 
 def log_rows(directory: Path, name: str, version: str, run_id: str, frame: pd.DataFrame) -> None:
@@ -122,7 +108,7 @@ def log_rows(directory: Path, name: str, version: str, run_id: str, frame: pd.Da
 
 def checks(name: str) -> list:
     return MlflowClient().search_runs(
-        [mlflow.get_experiment_by_name(drift.MONITORING_EXPERIMENT).experiment_id],
+        [mlflow.get_experiment_by_name(MONITORING_EXPERIMENT).experiment_id],
         filter_string=f"tags.model_name = '{name}'",
         order_by=["attributes.start_time ASC"],
     )
@@ -133,10 +119,10 @@ def test_a_check_reads_each_window_once_and_logs_figures_and_report(
     champion: tuple[str, str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     name, version, run_id = champion
-    cfg = drift.MonitorConfig(tmp_path, min_rows=100, settle_seconds=0)
-    reference = train_model.load_reference(run_id).rename(columns={train_model.LABEL_COLUMN: drift.PREDICTION})
+    cfg = monitor_settings(tmp_path, 100)
+    reference = data.logged_rows(run_id).rename(columns={LABEL_COLUMN: drift.PREDICTION})
 
-    with caplog.at_level(logging.INFO, logger="drift"):
+    with caplog.at_level(logging.INFO, logger="mlops_pipeline.monitoring.drift"):
         empty = drift.monitor(cfg)
     assert empty["status"] == "not enough data" and empty["rows"] == 0
     assert any("not enough data" in r.getMessage() for r in caplog.records)
@@ -154,7 +140,7 @@ def test_a_check_reads_each_window_once_and_logs_figures_and_report(
     # A window of one's own choosing (the DAG's `since`): both batches, and the last check's end moves on.
     again = drift.monitor(cfg, since=datetime.fromisoformat(first["since"]))
     assert again["rows"] == 350 and again["status"] == "drift"
-    with pytest.raises(train_model.ConfigError, match="not before its end"):
+    with pytest.raises(ConfigError, match="not before its end"):
         drift.monitor(cfg, since=datetime.now(UTC) + timedelta(hours=1))
 
     runs = checks(name)[:2]
@@ -175,20 +161,20 @@ def test_a_version_without_reference_fails_only_its_check(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
     mlflow.set_tracking_uri(tracking_server)
     x, y = load_iris(return_X_y=True)
-    model = train_model.train(x, y, train_model.TrainConfig())
+    model = train.fit(x, y, train.TrainConfig(n_estimators=100, max_depth=3))
     mlflow.set_experiment("old-runs")
     with mlflow.start_run() as run:
         mlflow.sklearn.log_model(
-            model, name="model", registered_model_name=name, skops_trusted_types=train_model.SKOPS_TRUSTED_TYPES
+            model, name="model", registered_model_name=name, skops_trusted_types=train.SKOPS_TRUSTED_TYPES
         )
-    MlflowClient().set_registered_model_alias(name, train_model.CHAMPION, "1")
+    MlflowClient().set_registered_model_alias(name, CHAMPION, "1")
     log_rows(tmp_path, name, "1", run.info.run_id, served_like(iris_frame(), 20, seed=1))
-    with pytest.raises(train_model.MissingReferenceError, match=run.info.run_id):
-        drift.monitor(drift.MonitorConfig(tmp_path, min_rows=10, settle_seconds=0))
+    with pytest.raises(data.MissingReferenceError, match=run.info.run_id):
+        drift.monitor(monitor_settings(tmp_path, 10))
     assert checks(name) == []
 
 
 def test_no_champion_is_nothing_to_check(tracking_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGISTERED_MODEL_NAME", "never-registered")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    assert drift.monitor(drift.MonitorConfig(tmp_path, 1, 0))["status"] == "no champion"
+    assert drift.monitor(monitor_settings(tmp_path, 1))["status"] == "no champion"

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import inference_log
-from conftest import ROOT
-from inference_log import FIELDS, MIB, ConfigError, InferenceLog
+from mlops_pipeline.schema import LOG_FIELDS as FIELDS
+from mlops_pipeline.serving.inference_log import InferenceLog
+from mlops_pipeline.settings import MIB, ServerSettings, from_env
 
 
 def lines_of(directory: Path) -> dict[Path, list[dict]]:
@@ -153,15 +153,15 @@ def test_a_forked_worker_writes_its_own_file(tmp_path: Path) -> None:
 
 def test_a_separate_process_writes_its_own_file_in_the_same_directory(tmp_path: Path) -> None:
     code = (
-        "import sys\nfrom inference_log import InferenceLog\nlog = InferenceLog(sys.argv[1])\nlog.start()\n"
+        "import sys\nfrom mlops_pipeline.serving.inference_log import InferenceLog\n"
+        "log = InferenceLog(sys.argv[1])\nlog.start()\n"
         "for i in range(40):\n    log.record(f'child-{i}', 'iris-classifier', '3', 'run-abc', [[1.0, 2.0]], [0])\n"
         "log.close()\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "mlflow")}
     log = InferenceLog(tmp_path)
     log.start()
     ids = record_many(log, 25)
-    child = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     log.close()
     assert child.returncode == 0, child.stderr
     files = lines_of(tmp_path)
@@ -202,7 +202,7 @@ def test_retention_deletes_partitions_older_than_its_days(tmp_path: Path) -> Non
     stranger = tmp_path / "date=not-a-date" / "a-1.jsonl"
     stranger.parent.mkdir()
     stranger.write_text("not ours\n")
-    InferenceLog(tmp_path, retention_days=7).enforce_limits()
+    InferenceLog(tmp_path, retention_days=7).sink.enforce_limits()
     assert [p.exists() for p in old] == [False, False] and not any(p.parent.exists() for p in old)
     assert all(p.exists() for p in kept) and stranger.exists()
 
@@ -222,56 +222,31 @@ def test_the_size_cap_deletes_the_oldest_files_first(tmp_path: Path) -> None:
     newer = partition(tmp_path, 1, "b-2.jsonl", 400, mtime=now - 10)
     newest = partition(tmp_path, 0, "a-1.jsonl", 400, mtime=now - 30)
     log = InferenceLog(tmp_path, max_bytes=1000)
-    log.enforce_limits()
+    log.sink.enforce_limits()
     assert [p.exists() for p in (oldest, older, newer, newest)] == [False, False, True, True]
-    log.max_bytes = 800
-    log.enforce_limits()
+    log.sink.max_bytes = 800
+    log.sink.enforce_limits()
     assert newer.exists() and newest.exists()
 
 
-def test_from_env_defaults() -> None:
-    log = InferenceLog.from_env({})
-    assert log is not None
-    assert (log.directory, log.flush_seconds, log.retention_days, log.max_bytes) == (
-        Path(inference_log.DEFAULT_DIR),
+def test_from_settings_defaults_and_every_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("INFERENCE_LOG", "INFERENCE_LOG_DIR", "INFERENCE_LOG_FLUSH_SECONDS", "INFERENCE_LOG_MAX_MB"):
+        monkeypatch.delenv(key, raising=False)
+    log = InferenceLog.from_settings(from_env(ServerSettings))
+    assert log is not None and not [t for t in threading.enumerate() if t.name == "inference-log"]
+    assert (log.sink.directory, log.flush_seconds, log.sink.retention_days, log.sink.max_bytes) == (
+        Path("/mlflow/inference-log"),
         1.0,
         7,
         512 * MIB,
     )
-    assert not [t for t in threading.enumerate() if t.name == "inference-log"]
-
-
-def test_from_env_reads_every_setting(tmp_path: Path) -> None:
-    env = {
-        "INFERENCE_LOG": "TRUE",
-        "INFERENCE_LOG_DIR": str(tmp_path),
-        "INFERENCE_LOG_FLUSH_SECONDS": "0.5",
-        "INFERENCE_LOG_RETENTION_DAYS": "3",
-        "INFERENCE_LOG_MAX_MB": "64",
-    }
-    log = InferenceLog.from_env(env)
+    given = {"inference_log_dir": tmp_path, "inference_log_flush_seconds": "0.5", "inference_log_max_mb": "64"}
+    log = InferenceLog.from_settings(from_env(ServerSettings, inference_log_retention_days="3", **given))
     assert log is not None
-    assert (log.directory, log.flush_seconds, log.retention_days, log.max_bytes) == (tmp_path, 0.5, 3, 64 * MIB)
-
-
-def test_from_env_switched_off() -> None:
-    assert InferenceLog.from_env({"INFERENCE_LOG": "false", "INFERENCE_LOG_MAX_MB": "ignored"}) is None
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("INFERENCE_LOG", "yes please"),
-        ("INFERENCE_LOG_FLUSH_SECONDS", "soon"),
-        ("INFERENCE_LOG_FLUSH_SECONDS", "0"),
-        ("INFERENCE_LOG_FLUSH_SECONDS", "nan"),
-        ("INFERENCE_LOG_FLUSH_SECONDS", "inf"),
-        ("INFERENCE_LOG_RETENTION_DAYS", "0"),
-        ("INFERENCE_LOG_RETENTION_DAYS", "1.5"),
-        ("INFERENCE_LOG_MAX_MB", "-1"),
-        ("INFERENCE_LOG_MAX_MB", "lots"),
-    ],
-)
-def test_from_env_refuses_a_bad_value_by_name(name: str, value: str) -> None:
-    with pytest.raises(ConfigError, match=rf"^{name} must be .*, got '{value}'$"):
-        InferenceLog.from_env({name: value})
+    assert (log.sink.directory, log.flush_seconds, log.sink.retention_days, log.sink.max_bytes) == (
+        tmp_path,
+        0.5,
+        3,
+        64 * MIB,
+    )
+    assert InferenceLog.from_settings(from_env(ServerSettings, inference_log="false")) is None

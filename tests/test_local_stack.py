@@ -13,9 +13,15 @@ import pytest
 import requests
 
 from conftest import ROOT, free_port, make_env_file, metric_value, stack_env, wait_until_up
-from stackenv import read_env_file
+from scripts.stackenv import read_env_file
 
 pytestmark = pytest.mark.local
+
+
+def script(env: dict[str, str], name: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m scripts.NAME ARGS` from the repository root, as the make targets run it."""
+    command = [sys.executable, "-m", f"scripts.{name}", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def port_is_free(port: int) -> bool:
@@ -42,9 +48,7 @@ def test_local_demo_end_to_end(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = stack_env(ENV_FILE=str(env_file), LOCAL_STATE_DIR=str(state))
     try:
-        demo = subprocess.run(
-            [sys.executable, "scripts/demo.py", "local"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-        )
+        demo = script(env, "demo", "local", timeout=900)
         print(demo.stdout[-3000:], demo.stderr[-3000:])
         assert demo.returncode == 0
         assert '{"predictions": [0]}' in demo.stdout
@@ -68,16 +72,13 @@ def test_local_demo_end_to_end(tmp_path: Path) -> None:
         assert pin.returncode == 0, pin.stderr
         run_id = read_env_file(env_file)["LATEST_MODEL_RUN_ID"]
         assert len(run_id) == 32
-        restart = [sys.executable, "scripts/local.py", "restart", "model-server"]
-        subprocess.run(restart, cwd=ROOT, env=env, check=True, timeout=120)
+        assert script(env, "local", "restart", "model-server", timeout=120).returncode == 0
         wait_until_up(f"{model_url}/ping", timeout=120)
         answer = requests.post(f"{model_url}/invocations", json=seed, timeout=30)
         assert answer.json() == {"predictions": [0]}
         assert answer.headers["X-Model-Run-Id"] == run_id and answer.headers["X-Model-Uri"] == f"runs:/{run_id}/model"
     finally:
-        down = subprocess.run(
-            [sys.executable, "scripts/local.py", "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-        )
+        down = script(env, "local", "down", timeout=120)
     assert down.returncode == 0, down.stderr
     assert processes_mentioning(str(state)) == []
     assert all(port_is_free(p) for p in ports.values())

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from conftest import ROOT, make_env_file
-from make_env import SECRET_KEYS
-from stackenv import read_env_file
+from scripts.make_env import SECRET_KEYS
+from scripts.stackenv import read_env_file
 
 
 def test_creates_env_with_fresh_secrets_and_every_key(tmp_path) -> None:  # noqa: ANN001
@@ -27,13 +27,13 @@ def test_creates_env_with_fresh_secrets_and_every_key(tmp_path) -> None:  # noqa
 def test_prints_the_password_once_and_never_overwrites(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / ".env"
     first = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/make_env.py"), "--env-file", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "scripts.make_env", "--env-file", str(path)], cwd=ROOT, capture_output=True, text=True
     )
     password = read_env_file(path)["AIRFLOW_ADMIN_PASSWORD"]
     assert password in first.stdout
     before = path.read_bytes()
     second = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/make_env.py"), "--env-file", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "scripts.make_env", "--env-file", str(path)], cwd=ROOT, capture_output=True, text=True
     )
     assert second.returncode == 0 and "left untouched" in second.stdout and password not in second.stdout
     assert path.read_bytes() == before
@@ -51,8 +51,8 @@ def test_add_missing_appends_only_the_absent_secrets_and_keeps_every_line(tmp_pa
     old = "# mine\r\nFERNET_KEY=kept\nAIRFLOW_ADMIN_PASSWORD=also-kept\nRF_N_ESTIMATORS=7"  # CRLF, no final newline
     path.write_text(old, newline="")
     path.chmod(0o640)
-    cmd = [sys.executable, str(ROOT / "scripts/make_env.py"), "--env-file", str(path), "--add-missing"]
-    first = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "scripts.make_env", "--env-file", str(path), "--add-missing"]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     text = path.read_bytes().decode()
     assert text.startswith(old + "\n")
@@ -70,5 +70,5 @@ def test_add_missing_appends_only_the_absent_secrets_and_keeps_every_line(tmp_pa
     assert len(values["S3_ACCESS_KEY_ID"]) == 20
     assert path.stat().st_mode & 0o777 == 0o640
     before = path.read_bytes()
-    second = subprocess.run(cmd, capture_output=True, text=True)
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert second.returncode == 0 and "left untouched" in second.stdout and path.read_bytes() == before

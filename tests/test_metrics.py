@@ -1,4 +1,4 @@
-"""The model-server's /metrics (mlflow/metrics.py): what it counts in one process (the app in-process), and that
+"""The model-server's /metrics (serving/metrics.py): what it counts in one process (the app in-process), and that
 the counts of several gunicorn workers add up exactly, survive a killed worker and stay consistent under a burst
 of 413s (a real mlflow/model-server.sh with 2 workers, marked slow)."""
 
@@ -18,9 +18,9 @@ import psutil
 import pytest
 from starlette.testclient import TestClient
 
-import metrics
-import serve
 from conftest import ROOT, free_port, metric_value, pinned_server_env, samples, service
+from mlops_pipeline.serving import app as serve
+from mlops_pipeline.serving import metrics
 
 SEED = b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
 JSON = {"Content-Type": "application/json"}
@@ -35,8 +35,10 @@ def requests_total(text: str, endpoint: str, code: int) -> float:
 @pytest.fixture
 def client(trained_run: str, tracking_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    monkeypatch.delenv(metrics.MULTIPROC_DIR, raising=False)
-    app = serve.create_app(fixed_uri=f"runs:/{trained_run}/model", max_body=1000, counted=True)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = serve.create_app(
+        model_uri=f"runs:/{trained_run}/model", model_server_max_body_bytes=1000, model_server_metrics=True
+    )
     with TestClient(app) as c:
         yield c
 
@@ -110,10 +112,10 @@ def in_process(name: str, **labels: str) -> float:
 
 def test_off_means_no_route_and_no_counting(trained_run: str, tracking_server: str, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    monkeypatch.delenv(metrics.MULTIPROC_DIR, raising=False)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     before = in_process("model_server_requests_total", endpoint="/invocations", code="200")
     rows = in_process("model_server_predicted_rows_total")
-    with TestClient(serve.create_app(fixed_uri=f"runs:/{trained_run}/model", counted=False)) as c:
+    with TestClient(serve.create_app(model_uri=f"runs:/{trained_run}/model", model_server_metrics=False)) as c:
         assert c.post("/invocations", content=SEED, headers=JSON).status_code == 200
         assert c.get("/metrics").status_code == 404
     assert in_process("model_server_requests_total", endpoint="/invocations", code="200") == before
@@ -123,7 +125,7 @@ def test_off_means_no_route_and_no_counting(trained_run: str, tracking_server: s
 def test_a_bad_switch_value_stops_the_server_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_SERVER_METRICS", "yes please")
     with pytest.raises(SystemExit, match="MODEL_SERVER_METRICS"):
-        serve.create_app(fixed_uri="runs:/0/model")
+        serve.create_app(model_uri="runs:/0/model")
 
 
 def test_classes_are_counted_only_for_one_label_per_row() -> None:
@@ -150,7 +152,7 @@ def two_workers(
     tmp_path = tmp_path_factory.mktemp("two-workers")
     port = free_port()
     env = pinned_server_env(tracking_server, trained_run, port, workers="2")
-    env[metrics.MULTIPROC_DIR] = str(tmp_path / "counts")
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "counts")
     env["MODEL_SERVER_MAX_BODY_BYTES"] = str(LIMIT)
     url = f"http://127.0.0.1:{port}"
     with service(ROOT / "mlflow" / "model-server.sh", tmp_path / "server.log", env, f"{url}/ping") as proc:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import train_model
-from conftest import ROOT, free_port, service
+from conftest import ROOT, free_port, service, train_run
 
 USER, PASSWORD = "admin", "s3cret-for-tests"
 
@@ -60,7 +59,7 @@ def test_training_update_run_id_and_serving_log_in(
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-    run_id = train_model.run(auth_server, "mlops_pipeline", train_model.TrainConfig(n_estimators=10))
+    run_id = train_run(auth_server, rf_n_estimators=10)
 
     env_file = tmp_path / ".env"
     env_file.write_text(f"MLFLOW_AUTH=true\nMLFLOW_TRACKING_USERNAME={USER}\nMLFLOW_TRACKING_PASSWORD={PASSWORD}\n")

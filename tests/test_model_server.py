@@ -1,4 +1,4 @@
-"""mlflow/serve.py: MLflow's protocol, following the champion without a failed request.
+"""mlops_pipeline.serving (app, model, watcher): MLflow's protocol, following the champion without a failed request.
 
 In process (Starlette's TestClient, a real tracking server) for the app; over HTTP (mlflow/model-server.sh
 under uvicorn, marked slow) for what only a real server shows: workers, keep-alive, the worker-count check.
@@ -6,6 +6,7 @@ under uvicorn, marked slow) for what only a real server shows: workers, keep-ali
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -26,9 +27,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from starlette.testclient import TestClient
 
-import predictors
-import serve
-import train_model
 from conftest import (
     ROOT,
     free_port,
@@ -36,14 +34,22 @@ from conftest import (
     metric_value,
     pinned_server_env,
     service,
+    train_run,
     wait_for,
 )
-from inference_log import InferenceLog
+from mlops_pipeline import registry
+from mlops_pipeline.monitoring import log_reader
+from mlops_pipeline.schema import CHAMPION
+from mlops_pipeline.serving import app as serve
+from mlops_pipeline.serving import predictors, watcher
+from mlops_pipeline.serving.inference_log import InferenceLog
+from mlops_pipeline.serving.model import Loaded, load
+from mlops_pipeline.settings import LogSettings, TrainSettings, from_env
 from test_predictors import shifted_roots
 
 SEED = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 MODEL_SERVER = ROOT / "mlflow" / "model-server.sh"
-MLFLOW_VERSION = train_model.version("mlflow")
+MLFLOW_VERSION = importlib.metadata.version("mlflow")
 
 
 @pytest.fixture
@@ -57,9 +63,9 @@ def tracking(tracking_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @contextmanager
 def app_client(name: str = "", fixed_uri: str = "", max_body: int = 0, compiled: bool = True) -> Iterator[TestClient]:
     """The app with its lifespan (the first load attempt happens before the first request, as under uvicorn)."""
-    app = serve.create_app(
-        fixed_uri=fixed_uri, model_name=name, poll_seconds=0.2, max_body=max_body or None, compiled=compiled
-    )
+    given = {"model_server_max_body_bytes": max_body} if max_body else {}
+    given |= {"registered_model_name": name} if name else {}
+    app = serve.create_app(model_uri=fixed_uri, model_poll_seconds=0.2, model_server_compiled=compiled, **given)
     with TestClient(app) as client:
         yield client
 
@@ -68,9 +74,9 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     return metric_value(client.get("/metrics").text, name, **labels)
 
 
-def promote(tracking_server: str, name: str, **cfg: int) -> str:
-    run_id = train_model.run(tracking_server, "serve-test", train_model.TrainConfig(**cfg))
-    result = train_model.register_and_promote(run_id, name, min_accuracy=0.0)
+def promote(tracking_server: str, name: str, **settings: object) -> str:
+    run_id = train_run(tracking_server, "serve-test", **settings)
+    result = registry.register_and_promote(run_id, from_env(TrainSettings, registered_model_name=name, min_accuracy=0))
     assert result["promoted"], result
     return result["version"]
 
@@ -154,14 +160,14 @@ def test_a_request_during_the_first_load_waits_for_it(tracking: str, monkeypatch
     during it."""
     name = f"iris-first-{uuid.uuid4().hex[:8]}"
     gate, loading = threading.Event(), threading.Event()
-    real_load = serve.load
+    real_load = watcher.load
 
-    def gated_load(*args: object, **kwargs: object) -> serve.Loaded:
+    def gated_load(*args: object, **kwargs: object) -> Loaded:
         loading.set()
         assert gate.wait(60)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(serve, "load", gated_load)
+    monkeypatch.setattr(watcher, "load", gated_load)
     with app_client(name) as client:
         assert client.post("/invocations", json=SEED).status_code == 503  # nothing to load yet: at once
         promote(tracking, name)
@@ -230,7 +236,7 @@ def test_keeps_serving_when_the_new_champion_cannot_load(tracking: str, caplog: 
         empty_run = client.create_run(client.get_experiment_by_name("serve-test").experiment_id).info
         client.set_terminated(empty_run.run_id)
         broken = client.create_model_version(name, source=f"{empty_run.artifact_uri}/model", run_id=empty_run.run_id)
-        client.set_registered_model_alias(name, train_model.CHAMPION, broken.version)
+        client.set_registered_model_alias(name, CHAMPION, broken.version)
         wait_for("the failed load in the log", lambda: "could not load the new model" in caplog.text, 30)
         answer = app.post("/invocations", json=SEED)
         assert answer.json() == {"predictions": [0]} and answer.headers["X-Model-Version"] == serving
@@ -270,7 +276,7 @@ def test_short_path_answers_byte_for_byte_as_mlflow(
     monkeypatch.setattr(
         predictors.Compiled, "predict", lambda self, x: calls.append(len(x)) or compiled_predict(self, x)
     )
-    loaded = serve.load(f"runs:/{trained_run}/model", compiled=compiled)
+    loaded = load(f"runs:/{trained_run}/model", compiled=compiled)
     calls.clear()  # the check's own call
     assert loaded.tensor_spec is not None, "the trained model's signature should be one tensor"
     assert (loaded.compiled is not None) is compiled and loaded.info()["runtime"] == (
@@ -312,11 +318,11 @@ def test_the_compiled_path_is_switched_by_the_environment(
     uri = f"runs:/{trained_run}/model"
     for switch, runtime in (("false", "scikit-learn"), ("true", "onnxruntime"), ("", "onnxruntime")):
         monkeypatch.setenv("MODEL_SERVER_COMPILED", switch)
-        with TestClient(serve.create_app(fixed_uri=uri)) as client:
+        with TestClient(serve.create_app(model_uri=uri)) as client:
             assert client.get("/model").json()["runtime"] == runtime, switch
-    monkeypatch.setenv("MODEL_SERVER_COMPILED", "yes")
-    with pytest.raises(SystemExit, match="MODEL_SERVER_COMPILED='yes' must be true or false"):
-        serve.create_app(fixed_uri=uri)
+    monkeypatch.setenv("MODEL_SERVER_COMPILED", "maybe")
+    with pytest.raises(SystemExit, match="MODEL_SERVER_COMPILED must be true or false, got 'maybe'"):
+        serve.create_app(model_uri=uri)
 
 
 def test_every_scored_request_is_recorded_under_the_id_its_answer_carries(
@@ -324,10 +330,9 @@ def test_every_scored_request_is_recorded_under_the_id_its_answer_carries(
 ) -> None:
     """Both scoring paths record what they answered; refused requests record nothing; a clean stop (the lifespan's
     end, as on SIGTERM) writes everything. A client's plain X-Request-Id is kept, anything else replaced."""
-    from inference_data import read_inference_log
 
     recorder = InferenceLog(tmp_path, flush_seconds=3600)  # nothing is written before the stop
-    app = serve.create_app(fixed_uri=f"runs:/{trained_run}/model", recorder=recorder)
+    app = serve.create_app(model_uri=f"runs:/{trained_run}/model", recorder=recorder)
     split = {"dataframe_split": {"data": [[6.7, 3.0, 5.2, 2.3]]}}
     with TestClient(app) as client:
         answers = [client.post("/invocations", json=SEED) for _ in range(5)]
@@ -339,7 +344,7 @@ def test_every_scored_request_is_recorded_under_the_id_its_answer_carries(
     assert [a.status_code for a in answers] == [200] * 8 and refused.status_code == 400
     ids = [a.headers["X-Request-Id"] for a in answers]
     assert ids[6] == "client-id-1" and ids[7] != "bad id\twith tab" and len(set(ids)) == 8
-    frame = read_inference_log(tmp_path, since=datetime(2000, 1, 1, tzinfo=UTC))
+    frame = log_reader.read(LogSettings(inference_log_dir=tmp_path), since=datetime(2000, 1, 1, tzinfo=UTC))
     assert sorted(frame["request_id"]) == sorted(ids)
     assert set(frame["run_id"]) == {trained_run}
     by_id = frame.set_index("request_id")

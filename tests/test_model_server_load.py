@@ -1,4 +1,4 @@
-"""A bounded load test of the model-server (mlflow/serve.py via mlflow/model-server.sh), on 127.0.0.1 only.
+"""A bounded load test of the model-server (serving/app.py via mlflow/model-server.sh), on 127.0.0.1 only.
 
 1. Warm-up (3 s, 8 connections: every worker of the server has answered), then the maximum throughput for
    single-row requests: 10 s closed loop on 4 keep-alive connections.

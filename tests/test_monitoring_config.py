@@ -19,7 +19,10 @@ PROMETHEUS = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
 ALERTS = yaml.safe_load((MONITORING / "alerts.yml").read_text())
 DASHBOARD = json.loads((MONITORING / "grafana" / "dashboards" / "mlops.json").read_text())
 # Every metric name the code defines (metrics.py and pipeline_metrics.py spell each one once, in quotes).
-SOURCES = [ROOT / "mlflow" / "metrics.py", ROOT / "airflow" / "models" / "pipeline_metrics.py"]
+SOURCES = [
+    ROOT / "mlops_pipeline" / "serving" / "metrics.py",
+    ROOT / "mlops_pipeline" / "monitoring" / "pipeline_metrics.py",
+]
 DEFINED = {m for path in SOURCES for m in re.findall(r'"((?:model_server|mlops)_[a-z_]+)"', path.read_text())}
 # MLflow's exporter (prometheus-flask-exporter, defaults_prefix="mlflow") and Prometheus's own `up`.
 OTHERS = {"mlflow_http_request_total", "up"}

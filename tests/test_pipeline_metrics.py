@@ -1,4 +1,4 @@
-"""airflow/models/pipeline_metrics.py: what a finished run pushes, and that a push can never fail a run. The
+"""mlops_pipeline/monitoring/pipeline_metrics.py: what a finished run pushes, and that a push can never fail a run. The
 pushes go to a small HTTP peer on 127.0.0.1 that records them (the compose suites push to the real Pushgateway)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import pipeline_metrics
 from conftest import free_port
+from mlops_pipeline.monitoring import pipeline_metrics
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):

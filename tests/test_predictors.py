@@ -1,4 +1,4 @@
-"""mlflow/predictors.py: a compiled copy is served only when it answers as scikit-learn does; the rows it is checked
+"""serving/predictors.py: a compiled copy is served only when it answers as scikit-learn does; the rows it is checked
 on reach every split threshold and its float32/float64 neighbours."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-import predictors
+from mlops_pipeline.serving import predictors
 
 X, Y = load_iris(return_X_y=True)
 ORIGINAL = RandomForestClassifier(n_estimators=100, max_depth=3, random_state=42).fit(X, Y)  # the tutorial's model

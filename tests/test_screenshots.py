@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import screenshots
 from conftest import free_port
+from scripts import screenshots
 
 
 def screen_files(folder: Path, names: tuple[str, ...]) -> dict[str, str]:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sklearn.datasets import load_iris
 
-import train_model
 from conftest import ROOT, free_port
+from mlops_pipeline import train
 
 SCRIPT = ROOT / "update_run_id.sh"
 ODD_ENV = (
@@ -79,15 +80,15 @@ def experiment(tracking_server: str) -> tuple[str, str]:
     def new_run() -> str:
         return client.create_run(exp_id, start_time=next(start_times)).info.run_id
 
-    cfg = train_model.TrainConfig(n_estimators=5)
-    x, y = train_model.load_data()
-    model = train_model.train(x, y, cfg)
+    cfg = train.TrainConfig(n_estimators=5, max_depth=3)
+    x, y = load_iris(return_X_y=True)
+    model = train.fit(x, y, cfg)
 
     def model_run() -> str:
         run_id = new_run()
         with pytest.MonkeyPatch.context() as env:
             env.setenv("MLFLOW_RUN_ID", run_id)  # the mlflow.start_run() in log_run resumes this run
-            assert train_model.log_run(model, cfg, x, {"accuracy": 1.0}) == run_id
+            assert train.log_run(model, cfg, x, {"accuracy": 1.0}) == run_id
         return run_id
 
     older = model_run()

@@ -2,21 +2,18 @@
 `mlops_pipeline` retrains by itself (data-aware scheduling).
 
 Triggered with the rows in the run's conf, {"rows": [{"sepal length (cm)": 5.1, ..., "target": 0}, ...]}, by
-`make append-data FILE=rows.csv` (scripts/append_data.py) or by anyone through Airflow's REST API. A row with a
-wrong column, a value that is not a finite number or a label that is not a class fails the task, naming the row:
-the file stays as it was and no asset event is emitted, so nothing retrains.
+`make append-data FILE=rows.csv` (scripts/append_data.py) or by anyone through Airflow's REST API. Rows that fail
+the training data's schema (mlops_pipeline/data.py) fail the task, naming the row: the file stays as it was and no
+asset event is emitted, so nothing retrains.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-# airflow/models is on PYTHONPATH (see ml_pipeline.py). train_model imports nothing heavy at module level.
-import train_model
-
-TRAINING_DATA = Asset(name=train_model.TRAINING_DATA_NAME, uri=train_model.training_data_path().as_uri())
+from mlops_pipeline import data
 
 
 @dag(
@@ -30,20 +27,15 @@ TRAINING_DATA = Asset(name=train_model.TRAINING_DATA_NAME, uri=train_model.train
     doc_md=__doc__,
 )
 def append_training_data() -> None:
-    @task(retries=0, outlets=[TRAINING_DATA])  # a bad row does not get better by retrying
+    @task(retries=0, outlets=[data.asset()])  # a bad row does not get better by retrying
     def append(params: dict) -> dict:
         """Check every row, then append them in one atomic rewrite; the asset event follows the task's success."""
         import pandas as pd
 
-        from inference_data import append_rows_atomically, validate_labeled_rows
+        from mlops_pipeline.settings import DataSettings, from_env
 
-        labels = range(len(train_model.CLASS_NAMES))
-        rows = validate_labeled_rows(
-            pd.DataFrame(params["rows"]), train_model.FEATURE_NAMES, train_model.LABEL_COLUMN, labels
-        )
-        path = train_model.ensure_training_data()
-        append_rows_atomically(path, rows)
-        return {"appended": len(rows), "file": str(path)}
+        path = from_env(DataSettings).data_path
+        return {"appended": data.append(path, pd.DataFrame(params["rows"])), "file": str(path)}
 
     append()
 

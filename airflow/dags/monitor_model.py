@@ -6,7 +6,7 @@ rows (or the run's `min_rows`) runs Evidently's data drift report against the ro
 The figures and the HTML report are logged to MLflow's `mlops_monitoring` experiment and pushed to the
 Pushgateway, where the ModelDataDrift alert watches them (monitoring/alerts.yml). Fewer rows: the task ends green
 with a "not enough data" line and the next check reads the same window again. A thin layer over
-airflow/models/drift.py (docs/drift.md).
+mlops_pipeline/monitoring/drift.py (docs/drift.md).
 """
 
 from __future__ import annotations
@@ -43,15 +43,12 @@ def monitor_model() -> None:
     @task(retries=1)
     def check_drift(params: dict) -> dict:
         """Evidently's verdict on the champion's logged traffic, or why there is none yet."""
-        import dataclasses
+        from mlops_pipeline.monitoring import drift
+        from mlops_pipeline.settings import MonitorSettings, from_env
 
-        import drift
-
-        cfg = drift.config_from_env()
-        if params.get("min_rows") is not None:
-            cfg = dataclasses.replace(cfg, min_rows=int(params["min_rows"]))
+        given = {"monitor_min_rows": params["min_rows"]} if params.get("min_rows") is not None else {}
         since = datetime.fromisoformat(params["since"]) if params.get("since") else None
-        return drift.monitor(cfg, since=since)
+        return drift.monitor(from_env(MonitorSettings, **given), since=since)
 
     check_drift()
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port, make_env_file, stack_env
-from screenshots import SCREENS, publish
-from stackclient import registry_champion
-from stackenv import read_env_file
-from ui_flow import require_chromium, run_ui_flow
+from scripts.screenshots import SCREENS, publish
+from scripts.stackclient import registry_champion
+from scripts.stackenv import read_env_file
+from scripts.ui_flow import require_chromium, run_ui_flow
 
 pytestmark = [pytest.mark.local, pytest.mark.browser]
 
@@ -51,7 +51,7 @@ def pids_mentioning(text: str) -> dict[int, str]:
 
 def local(action: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "scripts/local.py", action],
+        [sys.executable, "-m", "scripts.local", action],
         cwd=ROOT,
         env=env,
         capture_output=True,

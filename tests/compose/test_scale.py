@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, ComposeProject, require_docker_engine
-from make_env import SECRET_KEYS
-from stackclient import Airflow
-from stackenv import read_env_file, wait_for
+from conftest import ROOT, ComposeProject, require_docker_engine, training_runs
+from scripts.make_env import SECRET_KEYS
+from scripts.stackclient import Airflow
+from scripts.stackenv import read_env_file, wait_for
 
 pytestmark = pytest.mark.compose
 PROJECT = "mlopsscale"
@@ -86,7 +86,7 @@ class ScaleStack(ComposeProject):
     def finished_runs(self) -> list[dict]:
         exp = self.mlflow("GET", "experiments/get-by-name", params={"experiment_name": "mlops_pipeline"})
         body = {"experiment_ids": [exp["experiment"]["experiment_id"]], "filter": "attributes.status = 'FINISHED'"}
-        return self.mlflow("POST", "runs/search", json=body).get("runs", [])
+        return training_runs(self.mlflow("POST", "runs/search", json=body).get("runs", []))
 
     def bucket_keys(self) -> list[str]:
         """Every object key in the artifact bucket, listed over S3 from mlflow-server (which holds the keys)."""
@@ -385,7 +385,7 @@ def test_3d_drift_demo_on_celery_workers_reading_the_table(stack: ScaleStack) ->
     stack.compose("up", "-d", "--no-build", "--wait", "model-server")
     airflow = stack.airflow()
     before = {r["dag_run_id"] for r in airflow.runs(DAG)}
-    script = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "drift_demo.py")]
+    script = [str(ROOT / ".venv" / "bin" / "python"), "-m", "scripts.drift_demo"]
     demo = stack.run(*script, check=False)
     out = demo.stdout + demo.stderr
     assert demo.returncode == 0, out

@@ -1,13 +1,10 @@
-"""airflow/models/inference_data.py: the inference log read back as a table (what the writer wrote; only the window's
-partitions; torn lines, unknown or missing keys and wrong widths skipped with a warning naming the file), labeled
-rows refused by row, and an append that leaves the training file whole on any failure."""
+"""mlops_pipeline/monitoring/log_reader.py: the inference log read back as a table (what the writer wrote; only the
+window's partitions; torn lines, unknown or missing keys and wrong widths skipped with a warning naming the file)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,22 +13,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import inference_log
-from inference_data import FIELDS, append_rows_atomically, partition_date, read_inference_log, validate_labeled_rows
-from inference_log import InferenceLog
+from mlops_pipeline.monitoring import log_reader
+from mlops_pipeline.schema import LOG_FIELDS as FIELDS
+from mlops_pipeline.schema import partition_date
+from mlops_pipeline.serving.inference_log import InferenceLog
+from mlops_pipeline.settings import LogSettings
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 COLUMNS = ["ts", "request_id", "model_name", "model_version", "run_id", *FEATURES, "prediction"]
 DAY = datetime(2026, 3, 10, tzinfo=UTC)
-HEADER = ",".join([*FEATURES, "target"])
 
 
-def test_reader_and_writer_agree_on_the_format(tmp_path: Path) -> None:
-    """The two images each hold one side of the format: the same keys, and the same folders by date."""
-    assert FIELDS == inference_log.FIELDS
-    for name in ("date=2026-03-10", "date=2026-13-01", "day=2026-03-10", "date="):
-        assert partition_date(tmp_path / name) == inference_log.partition_date(tmp_path / name)
+def read_dir(directory: Path, **window: object) -> pd.DataFrame:
+    """The log in `directory` read back, as the monitor reads it (LogSettings with that folder)."""
+    return log_reader.read(LogSettings(inference_log_dir=directory, inference_log_db=None), **window)
+
+
+def test_partitions_are_named_by_date(tmp_path: Path) -> None:
     assert partition_date(tmp_path / "date=2026-03-10") == DAY.date()
+    for name in ("date=2026-13-01", "day=2026-03-10", "date="):
+        assert partition_date(tmp_path / name) is None
 
 
 def line(request_id: str, ts: datetime, inputs: list, predictions: list, version: str = "3", **extra: object) -> str:
@@ -65,7 +66,7 @@ def test_reads_what_the_writer_wrote(tmp_path: Path) -> None:
     )
     log.record("b", "iris-classifier", "3", "run-abc", [[5.9, 3.0, 4.2, 1.5]], [1])
     log.close()
-    frame = read_inference_log(tmp_path, since=datetime.now(UTC) - timedelta(hours=1), feature_names=FEATURES)
+    frame = read_dir(tmp_path, since=datetime.now(UTC) - timedelta(hours=1), feature_names=FEATURES)
     assert list(frame.columns) == COLUMNS
     assert frame["request_id"].tolist() == ["a", "a", "b"] and frame["prediction"].tolist() == [0, 2, 1]
     assert frame[FEATURES].to_numpy().tolist() == [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -84,7 +85,7 @@ def test_default_feature_names_and_the_model_version_filter(tmp_path: Path) -> N
         )
         + "\n",
     )
-    frame = read_inference_log(tmp_path, since=DAY, model_version="4")
+    frame = read_dir(tmp_path, since=DAY, model_version="4")
     assert list(frame.columns) == [*COLUMNS[:5], "f0", "f1", "f2", "prediction"]
     assert frame["request_id"].tolist() == ["v4"] and frame[["f0", "f1", "f2"]].to_numpy().tolist() == [[4, 5, 6]]
     assert frame["f0"].dtype == "float64"
@@ -117,7 +118,7 @@ def test_only_the_window_is_read_and_only_its_partitions_opened(tmp_path: Path, 
         + "\n",
     )
     with caplog.at_level(logging.WARNING):
-        frame = read_inference_log(
+        frame = read_dir(
             tmp_path, since=DAY + timedelta(hours=5), until=DAY + timedelta(days=1, hours=5), feature_names=FEATURES
         )
     assert frame["request_id"].tolist() == ["first", "last", "inside"]
@@ -130,8 +131,8 @@ def test_naive_times_are_utc_whatever_the_local_zone(tmp_path: Path, monkeypatch
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     time.tzset()
     try:
-        assert read_inference_log(tmp_path, since=naive, feature_names=FEATURES).empty
-        assert len(read_inference_log(tmp_path, since=naive - timedelta(microseconds=1), feature_names=FEATURES)) == 1
+        assert read_dir(tmp_path, since=naive, feature_names=FEATURES).empty
+        assert len(read_dir(tmp_path, since=naive - timedelta(microseconds=1), feature_names=FEATURES)) == 1
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -141,7 +142,7 @@ def test_a_torn_last_line_is_skipped_naming_file_and_line(tmp_path: Path, caplog
     good = [line(f"r{i}", DAY + timedelta(minutes=i), [[1.0] * 4], [0]) for i in range(3)]
     path = write(tmp_path, DAY, "\n".join(good) + "\n" + good[0][:25])
     with caplog.at_level(logging.WARNING):
-        frame = read_inference_log(tmp_path, since=DAY, feature_names=FEATURES)
+        frame = read_dir(tmp_path, since=DAY, feature_names=FEATURES)
     assert frame["request_id"].tolist() == ["r0", "r1", "r2"]
     [warning] = warnings_of(caplog)
     assert f"{path}, line 4: not a record" in warning
@@ -151,7 +152,7 @@ def test_undecodable_bytes_and_non_records_are_skipped(tmp_path: Path, caplog) -
     path = write(tmp_path, DAY, "")
     path.write_bytes(b"\xff\xfe garbage\n[1, 2]\n\n" + line("ok", DAY, [[1.0] * 4], [0]).encode() + b"\n")
     with caplog.at_level(logging.WARNING):
-        frame = read_inference_log(tmp_path, since=DAY, feature_names=FEATURES)
+        frame = read_dir(tmp_path, since=DAY, feature_names=FEATURES)
     assert frame["request_id"].tolist() == ["ok"]
     assert [w.split(": ")[0] for w in warnings_of(caplog)] == [f"inference log {path}, line {n}" for n in (1, 2, 3)]
 
@@ -172,7 +173,7 @@ def test_a_record_with_an_unknown_or_a_missing_key_is_skipped(tmp_path: Path, ca
         + "\n",
     )
     with caplog.at_level(logging.WARNING):
-        frame = read_inference_log(tmp_path, since=DAY, feature_names=FEATURES)
+        frame = read_dir(tmp_path, since=DAY, feature_names=FEATURES)
     assert frame["request_id"].tolist() == ["ok"]
     warnings = warnings_of(caplog)
     assert len(warnings) == 2 and all(str(path) in w for w in warnings)
@@ -193,7 +194,7 @@ def test_a_row_of_the_wrong_width_is_skipped_and_its_neighbours_kept(tmp_path: P
         + "\n",
     )
     with caplog.at_level(logging.WARNING):
-        frame = read_inference_log(tmp_path, since=DAY, feature_names=FEATURES)
+        frame = read_dir(tmp_path, since=DAY, feature_names=FEATURES)
     assert frame["prediction"].tolist() == [0, 2] and frame["sepal_length"].tolist() == [1.0, 5.0]
     warnings = warnings_of(caplog)
     assert len(warnings) == 3 and all(str(path) in w for w in warnings)
@@ -203,7 +204,7 @@ def test_a_row_of_the_wrong_width_is_skipped_and_its_neighbours_kept(tmp_path: P
 def test_a_damaged_file_warns_a_few_times_then_counts(tmp_path: Path, caplog) -> None:
     path = write(tmp_path, DAY, "torn\n" * 50)
     with caplog.at_level(logging.WARNING):
-        assert read_inference_log(tmp_path, since=DAY).empty
+        assert read_dir(tmp_path, since=DAY).empty
     warnings = warnings_of(caplog)
     assert len(warnings) == 6 and warnings[-1] == f"inference log {path}: 50 problems in all, each skipped"
 
@@ -213,121 +214,6 @@ def test_an_empty_or_missing_directory_is_an_empty_frame_with_the_columns(tmp_pa
     directory = tmp_path / "log"
     if exists:
         directory.mkdir()
-    frame = read_inference_log(directory, since=DAY, feature_names=FEATURES)
+    frame = read_dir(directory, since=DAY, feature_names=FEATURES)
     assert frame.empty and list(frame.columns) == COLUMNS
     assert str(frame["ts"].dtype) == "datetime64[us, UTC]" and (frame[FEATURES].dtypes == "float64").all()
-
-
-def labeled_csv(tmp_path: Path, *rows: str, header: str = HEADER) -> Path:
-    path = tmp_path / "labeled.csv"
-    path.write_text("\n".join([header, *rows]) + "\n")
-    return path
-
-
-def validate(source: pd.DataFrame | Path) -> pd.DataFrame:
-    return validate_labeled_rows(source, FEATURES, "target", [0, 1, 2])
-
-
-def test_good_labeled_rows_come_back_typed(tmp_path: Path) -> None:
-    frame = validate(labeled_csv(tmp_path, "5.1,3.5,1.4,0.2,0", "6.7,3.0,5.2,2.3, 2"))
-    assert list(frame.columns) == [*FEATURES, "target"]
-    assert frame[FEATURES].to_numpy().tolist() == [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
-    assert frame["target"].tolist() == [0, 2] and frame["target"].dtype == "int64"
-
-
-def test_columns_in_another_order_are_put_in_the_training_order(tmp_path: Path) -> None:
-    header = ",".join(["target", *reversed(FEATURES)])
-    frame = validate(labeled_csv(tmp_path, "1,0.2,1.4,3.5,5.1", header=header))
-    assert frame.to_numpy().tolist() == [[5.1, 3.5, 1.4, 0.2, 1]]
-
-
-@pytest.mark.parametrize(
-    ("header", "problem"),
-    [
-        (",".join([*FEATURES[:3], "target"]), "missing columns ['petal_width'], unexpected columns []"),
-        (",".join([*FEATURES, "target", "note"]), "missing columns [], unexpected columns ['note']"),
-        (
-            ",".join([*FEATURES[:3], "petal_wdth", "target"]),
-            "missing columns ['petal_width'], unexpected columns ['petal_wdth']",
-        ),
-    ],
-)
-def test_a_wrong_column_is_refused_in_the_header(tmp_path: Path, header: str, problem: str) -> None:
-    width = header.count(",") + 1
-    with pytest.raises(ValueError, match="^" + re.escape(f"header: {problem};")):
-        validate(labeled_csv(tmp_path, ",".join(["1"] * width), header=header))
-
-
-@pytest.mark.parametrize(
-    ("bad_row", "problem"),
-    [
-        ("5.1,3.5,1.4,0.2,3", "target is '3', not one of ['0', '1', '2']"),
-        ("5.1,3.5,1.4,0.2,setosa", "target is 'setosa', not one of"),
-        ("5.1,3.5,1.4,0.2,", "target is '', not one of"),
-        ("5.1,NaN,1.4,0.2,1", "sepal_width is 'NaN', not a finite number"),
-        ("5.1,3.5,inf,0.2,1", "petal_length is 'inf', not a finite number"),
-        ("5.1,3.5,1.4,wide,1", "petal_width is 'wide', not a finite number"),
-        ("5.1,,1.4,0.2,1", "sepal_width is '', not a finite number"),
-    ],
-)
-def test_a_bad_row_is_refused_by_number(tmp_path: Path, bad_row: str, problem: str) -> None:
-    path = labeled_csv(tmp_path, "5.1,3.5,1.4,0.2,0", "6.7,3.0,5.2,2.3,2", bad_row, "5.9,3.0,4.2,1.5,1")
-    with pytest.raises(ValueError, match="^" + re.escape(f"row 3 (line 4 of {path}): {problem}")):
-        validate(path)
-
-
-def test_a_frame_is_checked_like_a_file() -> None:
-    frame = pd.DataFrame([[5.1, 3.5, 1.4, 0.2, 0], [6.7, np.nan, 5.2, 2.3, 2]], columns=[*FEATURES, "target"])
-    with pytest.raises(ValueError, match=r"^row 2: sepal_width is nan, not a finite number$"):
-        validate(frame)
-    assert validate(frame.iloc[:1])["target"].tolist() == [0]
-
-
-def test_no_rows_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no rows"):
-        validate(labeled_csv(tmp_path))
-
-
-def training_csv(tmp_path: Path) -> tuple[Path, bytes]:
-    path = tmp_path / "iris.csv"
-    content = f"{HEADER}\n5.1,3.5,1.4,0.2,0\n6.7,3.0,5.2,2.3,2\n".encode()
-    path.write_bytes(content)
-    path.chmod(0o644)
-    return path, content
-
-
-def test_append_adds_the_rows_and_keeps_the_file_mode(tmp_path: Path) -> None:
-    path, content = training_csv(tmp_path)
-    append_rows_atomically(path, validate(labeled_csv(tmp_path, "5.9,3.0,4.2,1.5,1")))
-    assert path.read_bytes() == content + b"5.9,3.0,4.2,1.5,1\n"
-    assert path.stat().st_mode & 0o777 == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.csv", "labeled.csv"]
-
-
-def test_append_to_a_file_without_a_final_newline(tmp_path: Path) -> None:
-    path, content = training_csv(tmp_path)
-    path.write_bytes(content.rstrip(b"\n"))
-    append_rows_atomically(path, validate(labeled_csv(tmp_path, "5.9,3.0,4.2,1.5,1")))
-    assert pd.read_csv(path)["target"].tolist() == [0, 2, 1]
-
-
-def test_rows_with_other_columns_leave_the_file_untouched(tmp_path: Path) -> None:
-    path, content = training_csv(tmp_path)
-    rows = pd.DataFrame([[5.9, 3.0, 4.2, 1.5, 1]], columns=[*FEATURES[:3], "petal_wdth", "target"])
-    with pytest.raises(ValueError, match="does not match the rows' columns"):
-        append_rows_atomically(path, rows)
-    assert path.read_bytes() == content and os.listdir(tmp_path) == ["iris.csv"]
-
-
-def test_a_failure_before_the_rename_leaves_the_file_untouched(tmp_path: Path, monkeypatch) -> None:
-    path, content = training_csv(tmp_path)
-    rows = validate(labeled_csv(tmp_path, "5.9,3.0,4.2,1.5,1"))
-
-    def no_space(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError, match="No space left"):
-        append_rows_atomically(path, rows)
-    assert path.read_bytes() == content
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.csv", "labeled.csv"]  # no temp file left

@@ -13,7 +13,6 @@ and the served model's name, version, run ID and runtime.
 
 from __future__ import annotations
 
-import os
 from collections import Counter as Tally
 from collections.abc import Iterable
 from functools import cache
@@ -30,7 +29,6 @@ from prometheus_client import (
     multiprocess,
 )
 
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # The low buckets resolve single-row answers of both runtimes (benchmarks/results.md has their latencies); the high
 # ones catch large batches and a stalled worker.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -117,16 +115,11 @@ def loaded(ok: bool) -> None:
     MODEL_LOADS.labels("success" if ok else "failure").inc()
 
 
-def exposition() -> tuple[bytes, str]:
-    """The body and content type of a scrape: every worker's values added up in multiprocess mode."""
-    if os.environ.get(MULTIPROC_DIR):
+def exposition(multiprocess_dir: object = None) -> tuple[bytes, str]:
+    """The body and content type of a scrape: every worker's values added up in multiprocess mode (with
+    PROMETHEUS_MULTIPROC_DIR set, which prometheus-client itself reads), else this process's."""
+    if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
-def worker_exited(pid: int) -> None:
-    """gunicorn's child_exit: drop the exited worker's live gauges (its counters stay in the totals)."""
-    if os.environ.get(MULTIPROC_DIR):
-        multiprocess.mark_process_dead(pid)

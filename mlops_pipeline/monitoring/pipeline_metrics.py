@@ -7,7 +7,7 @@ the time of the last success):
   successful one. Pushed by the DAG's success and failure callbacks (in Airflow 3 the dag-processor runs them).
 - job="mlops_model", model=...: the trained model's test accuracy, its version, and the gate's decision. Pushed by
   the `register` task, wherever it runs (a Celery worker in the scale variant).
-- job="mlops_drift", model=...: the last drift check's verdict (monitor_model DAG, airflow/models/drift.py): dataset
+- job="mlops_drift", model=...: the last drift check's verdict (monitor_model DAG, monitoring/drift.py): dataset
   drift 1/0, the share of drifted features, prediction drift 1/0, the rows and version it looked at, when it ended.
 
 PUSHGATEWAY_URL says where (compose sets http://pushgateway:9091); empty: nothing is pushed. A push that fails (the
@@ -17,24 +17,22 @@ monitoring profile is not up) logs one line and never fails the task or the run.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 
+from mlops_pipeline.settings import Settings, from_env
+
 log = logging.getLogger(__name__)
 PUSH_TIMEOUT_SECONDS = 3.0
 
 
-def gateway() -> str:
-    return os.environ.get("PUSHGATEWAY_URL", "").strip()
-
-
-def push(job: str, grouping_key: dict[str, str], values: dict[str, tuple[str, float]]) -> bool:
-    """Push gauges {name: (help, value)} to the group; False (and one log line) when it could not be done."""
-    url = gateway()
+def push(job: str, grouping_key: dict[str, str], values: dict[str, tuple[str, float]], url: str | None = None) -> bool:
+    """Push gauges {name: (help, value)} to the group at `url` (default: PUSHGATEWAY_URL); False (and one log line)
+    when it could not be done."""
+    url = (from_env(Settings).pushgateway_url if url is None else url).strip()
     if not url:
         return False
     registry = CollectorRegistry()
@@ -76,7 +74,7 @@ def dag_run_finished(context: dict[str, Any], succeeded: bool) -> None:
 
 
 def model_registered(result: dict[str, Any]) -> None:
-    """After the quality gate (train_model.register_and_promote's result)."""
+    """After the quality gate (registry.register_and_promote's result)."""
     values = {
         "mlops_model_test_accuracy": (
             "Held-out accuracy of the last model the pipeline registered.",
@@ -94,7 +92,7 @@ def model_registered(result: dict[str, Any]) -> None:
     push("mlops_model", {"model": result["model"]}, values)
 
 
-def drift_checked(model: str, version: str, figures: dict[str, float], rows: int) -> None:
+def drift_checked(url: str, model: str, version: str, figures: dict[str, float], rows: int) -> None:
     """After a drift check that had enough rows (drift.monitor; figures: DriftResult.metrics())."""
     values = {
         "mlops_drift_detected": (
@@ -110,5 +108,5 @@ def drift_checked(model: str, version: str, figures: dict[str, float], rows: int
         "mlops_drift_model_version": ("Registry version the last drift check looked at.", float(version)),
         "mlops_drift_check_timestamp_seconds": ("When the last drift check ended (Unix time).", time.time()),
     }
-    if push("mlops_drift", {"model": model}, values):
+    if push("mlops_drift", {"model": model}, values, url):
         log.info("pipeline metrics: pushed the drift check of %s version %s", model, version)

@@ -1,0 +1,1 @@
+"""make bench: `python -m benchmarks.run` from the repository root (benchmarks/README.md)."""

@@ -1,0 +1,128 @@
+"""Which model the server serves, and the switch to a new one: with no fixed model it follows
+``models:/<name>@champion`` and, when the alias moves, loads the new version completely, then swaps it in (one
+reference assignment). Requests in flight finish on the old model, so none fails during the switch; if the new
+version cannot be loaded, the old one keeps serving. A background thread does the loading, so the event loop never
+waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlops_pipeline.schema import CHAMPION
+from mlops_pipeline.serving import metrics
+from mlops_pipeline.serving.inference_log import InferenceLog
+from mlops_pipeline.serving.model import Loaded, load
+
+log = logging.getLogger("model-server")
+
+
+class ModelWatcher:
+    """Holds the model being served and replaces it when the champion moves (a background thread, so the event
+    loop never waits for a load)."""
+
+    def __init__(
+        self,
+        fixed_uri: str,
+        model_name: str,
+        poll_seconds: float,
+        compiled: bool = True,
+        counted: bool = False,
+        recorder: InferenceLog | None = None,
+    ) -> None:
+        self.fixed_uri = fixed_uri
+        self.model_name = model_name
+        self.poll_seconds = poll_seconds
+        self.compiled = compiled
+        self.counted = counted  # count loads and the served model (metrics.py), and pass it on to Loaded
+        self.recorder = recorder  # passed on to Loaded
+        self.current: Loaded | None = None
+        self.stopped = threading.Event()
+        self.loading = threading.Event()  # set while a load is under way
+        self.first_loaded = threading.Event()  # set once any model serves
+        self.last_hint = 0.0
+
+    def start(self) -> threading.Event:
+        """Start watching; the event is set once the first load attempt is over (loaded, or nothing to load)."""
+        first_attempt = threading.Event()
+        threading.Thread(target=self.watch, args=(first_attempt,), name="model-watcher", daemon=True).start()
+        return first_attempt
+
+    def watch(self, first_attempt: threading.Event) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.refresh()
+            except Exception:  # keep serving whatever is loaded; say why the new one is not
+                if self.counted:
+                    metrics.loaded(ok=False)
+                log.exception("model-server: could not load the new model; still serving %s", self.describe())
+            first_attempt.set()
+            if self.fixed_uri and self.current:
+                return  # a fixed model never changes
+            # Until a model serves, look every second: every worker polls on its own, and one that found the new
+            # champion seconds after another would answer 503 meanwhile.
+            self.stopped.wait(self.poll_seconds if self.current else min(1.0, self.poll_seconds))
+
+    def refresh(self) -> None:
+        if self.fixed_uri:
+            with self.loading_flag():
+                self.swap(load(self.fixed_uri, compiled=self.compiled, counted=self.counted, recorder=self.recorder))
+            return
+        try:
+            target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
+        except MlflowException:
+            self.hint(f"no model '{self.model_name}@{CHAMPION}' in the registry yet")
+            return
+        if self.current and self.current.version == target.version:
+            return
+        log.info("model-server: loading %s version %s (run %s)", self.model_name, target.version, target.run_id)
+        uri = f"models:/{self.model_name}/{target.version}"
+        with self.loading_flag():
+            self.swap(
+                load(
+                    uri,
+                    target.version,
+                    target.run_id or "",
+                    compiled=self.compiled,
+                    counted=self.counted,
+                    recorder=self.recorder,
+                    name=self.model_name,
+                )
+            )
+
+    @contextmanager
+    def loading_flag(self) -> Iterator[None]:
+        self.loading.set()
+        try:
+            yield
+        finally:
+            self.loading.clear()
+
+    def swap(self, new: Loaded) -> None:
+        old, self.current = self.current, new  # one reference assignment: a request sees old or new, never neither
+        self.first_loaded.set()
+        if self.counted:
+            name = "" if self.fixed_uri else self.model_name
+            metrics.loaded(ok=True)
+            metrics.serving(new.metric_labels(name), old.metric_labels(name) if old else None)
+        log.info("model-server: now serving %s (was %s)", self.describe(), old.uri if old else "nothing")
+
+    def describe(self) -> str:
+        c = self.current
+        return f"{c.uri} (version {c.version or '-'}, run {c.run_id or '-'})" if c else "nothing"
+
+    def hint(self, why: str) -> None:
+        if time.monotonic() - self.last_hint > 60:
+            self.last_hint = time.monotonic()
+            log.warning(
+                "model-server: %s. Trigger the DAG 'mlops_pipeline' in Airflow; once it promotes a model this "
+                "server loads it by itself. (Or run ./update_run_id.sh and recreate this service to serve one run.)",
+                why,
+            )

@@ -1,0 +1,112 @@
+"""Every setting, read from the environment and validated once (pydantic-settings); no other module reads
+os.environ. Each default is defined here only; .env.example describes the keys for people, and compose and local
+mode pass .env through. An empty value counts as unset (compose passes `${KEY:-}` for a key .env leaves out).
+
+A bad value stops the stage that reads it with a ConfigError naming the key and what it accepts: a typo must not
+silently pick a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlops_pipeline.schema import EXPERIMENT, MODEL_NAME, ConfigError
+
+NEVER_PROMOTE = 1.5  # the highest MIN_ACCURACY accepted: above 1 no model passes
+MIB = 1024 * 1024
+S = TypeVar("S", bound="Settings")
+
+PositiveInt = Annotated[int, Field(gt=0, description="a positive integer")]
+Flag = Annotated[bool, Field(description="true or false")]
+
+
+class Settings(BaseSettings):
+    """What every stage shares: where MLflow is, which registered model and experiment are ours, where pipeline
+    metrics go."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", validate_default=True)
+
+    mlflow_tracking_uri: str = "http://localhost:5000"
+    registered_model_name: str = Field(
+        MODEL_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="letters, digits, '_', '.' or '-'"
+    )
+    mlflow_experiment_name: str = EXPERIMENT  # where training runs go (the monitor logs to its own)
+    pushgateway_url: str = ""  # empty: pipeline metrics are not pushed
+
+
+class DataSettings(BaseSettings):
+    """Where the training data file is; the DAG files read it while they are parsed, so it stands alone."""
+
+    model_config = Settings.model_config
+    training_data_path: Path | None = None  # None: $AIRFLOW_HOME/data/iris.csv
+    airflow_home: Path = Path("~/airflow")
+
+    @property
+    def data_path(self) -> Path:
+        """The training data file: the image's /opt/airflow/data/iris.csv, local mode's state folder."""
+        return (self.training_data_path or self.airflow_home / "data" / "iris.csv").expanduser().absolute()
+
+
+class TrainSettings(Settings, DataSettings):
+    """The training DAG's: the experiment, the tutorial's hyper-parameters, the gate's floor and the data file."""
+
+    rf_n_estimators: PositiveInt = 100
+    rf_max_depth: PositiveInt | None = Field(3, description="a positive integer or 'none' (unlimited)")
+    min_accuracy: float = Field(
+        0.9, ge=0, le=NEVER_PROMOTE, description=f"a number from 0 to 1 (or up to {NEVER_PROMOTE}: promote nothing)"
+    )
+
+    @field_validator("rf_max_depth", mode="before")
+    @classmethod
+    def unlimited(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
+
+class LogSettings(Settings):
+    """Where the inference log lives: files by date in a folder, or the scale variant's PostgreSQL table."""
+
+    inference_log_dir: Path = Path("/mlflow/inference-log")
+    inference_log_db: str | None = None  # a libpq URL: the table instead of the files
+    inference_log_db_password: SecretStr | None = None
+
+
+class MonitorSettings(LogSettings):
+    """The drift monitor's: how many logged rows a verdict needs, and how far behind now a check stops reading."""
+
+    monitor_min_rows: PositiveInt = 100
+    monitor_settle_seconds: float = Field(
+        5, ge=0, le=3600, allow_inf_nan=False, description="a number of seconds in [0, 3600]"
+    )
+
+
+class ServerSettings(LogSettings):
+    """The model-server's (mlflow/model-server.sh starts it; .env.example describes each key)."""
+
+    model_uri: str = ""  # a fixed model (runs:/<id>/model); empty: follow the champion
+    model_poll_seconds: float = Field(5, gt=0, description="a positive number of seconds")
+    model_server_max_body_bytes: PositiveInt = 10 * MIB
+    model_server_compiled: Flag = True
+    model_server_metrics: Flag = True
+    prometheus_multiproc_dir: Path | None = None  # set by model-server.sh: the workers' shared counts
+    inference_log: Flag = True
+    inference_log_flush_seconds: float = Field(1, ge=0.01, allow_inf_nan=False, description="a number of at least 0.01")
+    inference_log_retention_days: PositiveInt = 7
+    inference_log_max_mb: PositiveInt = 512
+
+
+def from_env(cls: type[S], **values: object) -> S:
+    """The settings from the environment (values given here win), or a ConfigError naming each bad key."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0])
+            field = cls.model_fields.get(name)
+            accepted = (field.description if field else None) or error["msg"].lower()
+            problems.append(f"{name.upper()} must be {accepted}, got {error.get('input')!r}")
+        raise ConfigError("; ".join(problems)) from None
