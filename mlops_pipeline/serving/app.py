@@ -100,14 +100,7 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
     except ConfigError as exc:
         raise SystemExit(f"model-server: {exc}") from None
     counted, max_body = settings.model_server_metrics, settings.model_server_max_body_bytes
-    watcher = ModelWatcher(
-        fixed_uri=settings.model_uri,
-        model_name=settings.registered_model_name,
-        poll_seconds=settings.model_poll_seconds,
-        compiled=settings.model_server_compiled,
-        counted=counted,
-        recorder=recorder or None,
-    )
+    watcher = ModelWatcher(settings, recorder or None)
 
     def not_loaded() -> JSONResponse:
         return error(503, "No model is loaded yet; see the server log.", code="MODEL_NOT_LOADED")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -20,6 +18,7 @@ from mlops_pipeline.schema import CHAMPION
 from mlops_pipeline.serving import metrics
 from mlops_pipeline.serving.inference_log import InferenceLog
 from mlops_pipeline.serving.model import Loaded, load
+from mlops_pipeline.settings import ServerSettings
 
 log = logging.getLogger("model-server")
 
@@ -28,20 +27,12 @@ class ModelWatcher:
     """Holds the model being served and replaces it when the champion moves (a background thread, so the event
     loop never waits for a load)."""
 
-    def __init__(
-        self,
-        fixed_uri: str,
-        model_name: str,
-        poll_seconds: float,
-        compiled: bool = True,
-        counted: bool = False,
-        recorder: InferenceLog | None = None,
-    ) -> None:
-        self.fixed_uri = fixed_uri
-        self.model_name = model_name
-        self.poll_seconds = poll_seconds
-        self.compiled = compiled
-        self.counted = counted  # count loads and the served model (metrics.py), and pass it on to Loaded
+    def __init__(self, settings: ServerSettings, recorder: InferenceLog | None = None) -> None:
+        self.fixed_uri = settings.model_uri
+        self.model_name = settings.registered_model_name
+        self.poll_seconds = settings.model_poll_seconds
+        self.compiled = settings.model_server_compiled
+        self.counted = settings.model_server_metrics  # count loads and the served model, and pass it on to Loaded
         self.recorder = recorder  # passed on to Loaded
         self.current: Loaded | None = None
         self.stopped = threading.Event()
@@ -71,37 +62,23 @@ class ModelWatcher:
             self.stopped.wait(self.poll_seconds if self.current else min(1.0, self.poll_seconds))
 
     def refresh(self) -> None:
+        """Load the fixed model, or the champion if it moved; the name goes to the inference log ("" when pinned)."""
         if self.fixed_uri:
-            with self.loading_flag():
-                self.swap(load(self.fixed_uri, compiled=self.compiled, counted=self.counted, recorder=self.recorder))
-            return
-        try:
-            target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
-        except MlflowException:
-            self.hint(f"no model '{self.model_name}@{CHAMPION}' in the registry yet")
-            return
-        if self.current and self.current.version == target.version:
-            return
-        log.info("model-server: loading %s version %s (run %s)", self.model_name, target.version, target.run_id)
-        uri = f"models:/{self.model_name}/{target.version}"
-        with self.loading_flag():
-            self.swap(
-                load(
-                    uri,
-                    target.version,
-                    target.run_id or "",
-                    compiled=self.compiled,
-                    counted=self.counted,
-                    recorder=self.recorder,
-                    name=self.model_name,
-                )
-            )
-
-    @contextmanager
-    def loading_flag(self) -> Iterator[None]:
+            uri, version, run_id, name = self.fixed_uri, "", "", ""
+        else:
+            try:
+                target = MlflowClient().get_model_version_by_alias(self.model_name, CHAMPION)
+            except MlflowException:
+                self.hint(f"no model '{self.model_name}@{CHAMPION}' in the registry yet")
+                return
+            if self.current and self.current.version == target.version:
+                return
+            log.info("model-server: loading %s version %s (run %s)", self.model_name, target.version, target.run_id)
+            uri, version, run_id = f"models:/{self.model_name}/{target.version}", target.version, target.run_id or ""
+            name = self.model_name
         self.loading.set()
         try:
-            yield
+            self.swap(load(uri, version, run_id, self.compiled, self.counted, self.recorder, name))
         finally:
             self.loading.clear()
 
