@@ -283,22 +283,26 @@ def service(
                 proc.wait()
 
 
-# The session's tracking server starts as soon as collection shows that a test needs it, so that its start-up
-# (~10 s) overlaps the tests that run first; the fixture waits for it. Stopped when the session ends.
+# The session's tracking server starts with the session, so that its start-up (~10 s) overlaps the collection and
+# the tests that run first; the fixture waits for it. Stopped at once when collection shows no test needs it.
 BACKGROUND = contextlib.ExitStack()
 TRACKING: dict[str, object] = {}
 
 
-@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what will not run
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if TRACKING or not any("tracking_server" in getattr(item, "fixturenames", ()) for item in items):
-        return
+def pytest_sessionstart() -> None:
     data = Path(tempfile.mkdtemp(prefix="pytest-mlruns-"))
     BACKGROUND.callback(shutil.rmtree, data, ignore_errors=True)
     port = free_port()
     env = {**os.environ, "MLFLOW_DATA_DIR": str(data), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port)}
     proc = BACKGROUND.enter_context(service(ROOT / "mlflow" / "tracking-server.sh", data / "server.log", env, None))
     TRACKING.update(uri=f"http://127.0.0.1:{port}", proc=proc, log=data / "server.log")
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what will not run
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not any("tracking_server" in getattr(item, "fixturenames", ()) for item in items):
+        BACKGROUND.close()
+        TRACKING.clear()
 
 
 def pytest_sessionfinish() -> None:

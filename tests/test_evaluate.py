@@ -33,7 +33,7 @@ def test_the_gate_without_a_champion_is_the_floor(tracking_server: str, trained_
 def test_the_gate_compares_with_the_champion_on_the_same_rows(tracking_server: str) -> None:
     name = f"iris-gate-{uuid.uuid4().hex[:8]}"
     strong, weak = (
-        train_run(tracking_server, "gate"),
+        train_run(tracking_server, "gate", rf_n_estimators=10),
         train_run(tracking_server, "gate", rf_n_estimators=1, rf_max_depth=1),
     )
     champion = MlflowClient(tracking_server).get_model_version(name, registry.register(strong, name))

@@ -75,7 +75,7 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
 
 
 def promote(tracking_server: str, name: str, **settings: object) -> str:
-    run_id = train_run(tracking_server, "serve-test", **settings)
+    run_id = train_run(tracking_server, "serve-test", **{"rf_n_estimators": 10, **settings})  # a small forest
     result = registry.register_and_promote(run_id, from_env(TrainSettings, registered_model_name=name, min_accuracy=0))
     assert result["promoted"], result
     return result["version"]

@@ -19,8 +19,9 @@ def model_name() -> str:
 
 
 def new_run(tracking_server: str, **settings: object) -> str:
-    """check -> train -> evaluate, as the DAG does it."""
-    return train_run(tracking_server, "registry-test", **settings)
+    """check -> train -> evaluate, as the DAG does it; 10 trees unless told otherwise (held-out accuracy 0.967, as
+    the tutorial's 100: the gate's logic is under test here, not the model)."""
+    return train_run(tracking_server, "registry-test", **{"rf_n_estimators": 10, **settings})
 
 
 def promote(run_id: str, name: str, floor: float) -> dict:
