@@ -35,6 +35,7 @@ from benchmarks.common import (
     target,
     wait_for,
 )
+from mlops_pipeline.schema import MODEL_NAME
 from scripts.stackclient import mlflow_login, registry_champion, wait_for_model
 from scripts.stackenv import COMPOSE_CORE
 
@@ -52,7 +53,7 @@ def run_path(run_id: str) -> str:
 def champion_served(stack: Stack) -> dict:
     """Wait until every model-server worker serves the registry's champion, so no model load runs beside a
     measurement (the server polls every MODEL_POLL_SECONDS). Returns its /model answer."""
-    name = stack.cfg.get("REGISTERED_MODEL_NAME") or "iris-classifier"
+    name = stack.cfg.get("REGISTERED_MODEL_NAME") or MODEL_NAME
     status, version = registry_champion(stack.mlflow_url, name, mlflow_login(stack.cfg))
     return wait_for_model(stack.model_url, version if status == 200 else "", timeout=120)
 
