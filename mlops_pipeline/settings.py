@@ -8,13 +8,14 @@ silently pick a default.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mlops_pipeline.schema import EXPERIMENT, MODEL_NAME, ConfigError
+from mlops_pipeline.schema import EXPERIMENT, MODEL_ARTIFACT, MODEL_NAME, ConfigError
 
 NEVER_PROMOTE = 1.5  # the highest MIN_ACCURACY accepted: above 1 no model passes
 MIB = 1024 * 1024
@@ -84,9 +85,15 @@ class MonitorSettings(LogSettings):
 
 
 class ServerSettings(LogSettings):
-    """The model-server's (mlflow/model-server.sh starts it; .env.example describes each key)."""
+    """The model-server's (mlflow/gunicorn.conf.py and the app read them; .env.example describes each key)."""
 
-    model_uri: str = ""  # a fixed model (runs:/<id>/model); empty: follow the champion
+    latest_model_run_id: str = Field(
+        "", pattern="^([0-9a-f]{32})?$", description="an MLflow run ID (32 hex characters) or empty (the champion)"
+    )
+    model_uri: str = ""  # any fixed model URI (tests, benchmarks); wins over LATEST_MODEL_RUN_ID
+    model_server_host: str = "0.0.0.0"  # noqa: S104 - in its container; compose publishes it on BIND_ADDRESS
+    model_server_port: int = Field(5001, gt=0, lt=65536, description="a TCP port number")
+    model_server_workers: PositiveInt | None = Field(None, description="a positive integer (or empty: one per core)")
     model_poll_seconds: float = Field(5, gt=0, description="a positive number of seconds")
     model_server_max_body_bytes: PositiveInt = 10 * MIB
     model_server_compiled: Flag = True
@@ -96,6 +103,18 @@ class ServerSettings(LogSettings):
     inference_log_flush_seconds: float = Field(1, ge=0.01, allow_inf_nan=False, description="a number of at least 0.01")
     inference_log_retention_days: PositiveInt = 7
     inference_log_max_mb: PositiveInt = 512
+
+    @property
+    def fixed_uri(self) -> str:
+        """The pinned model (the original tutorial's runs:/<LATEST_MODEL_RUN_ID>/model); "": follow the champion."""
+        run_id = self.latest_model_run_id
+        return self.model_uri or (f"runs:/{run_id}/{MODEL_ARTIFACT}" if run_id else "")
+
+    @property
+    def workers(self) -> int:
+        """A worker scores one request at a time (predict holds the GIL): one per usable core, at most 4 by default
+        so the compose file's memory limit holds on bigger machines."""
+        return self.model_server_workers or min(len(os.sched_getaffinity(0)), 4)
 
 
 def from_env(cls: type[S], **values: object) -> S:

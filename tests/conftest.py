@@ -256,6 +256,12 @@ def wait_until_serving(script: Path, proc: subprocess.Popen, health_url: str, lo
         raise RuntimeError(f"{script.name}: {exc}; the last lines of {log}:\n{tail}") from exc
 
 
+def venv_env(**values: str) -> dict[str, str]:
+    """This environment with the given values, the venv's bin dir first on PATH (the entry scripts call its tools)."""
+    env = {**os.environ, **values}
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+
+
 @contextmanager
 def service(
     script: Path, log: Path, env: Mapping[str, str], health_url: str | None, timeout: float = 120
@@ -263,7 +269,7 @@ def service(
     """Run an entry script (mlflow/*.sh) as its own process group, the venv's bin dir first on PATH, output to
     `log`; wait until `health_url` answers (None: do not wait). The group because the script execs a server that
     forks workers: stopping the group stops them all."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    path = venv_env(**env)["PATH"]
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(script)], env={**env, "PATH": path}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

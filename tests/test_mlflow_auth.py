@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT, free_port, service, train_run
+from conftest import ROOT, free_port, service, train_run, venv_env
 
 USER, PASSWORD = "admin", "s3cret-for-tests"
-
-
-def venv_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
 
 
 @pytest.fixture(scope="module")

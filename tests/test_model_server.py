@@ -35,6 +35,7 @@ from conftest import (
     pinned_server_env,
     service,
     train_run,
+    venv_env,
     wait_for,
 )
 from mlops_pipeline import registry
@@ -353,9 +354,12 @@ def test_every_scored_request_is_recorded_under_the_id_its_answer_carries(
 
 
 def test_worker_count_must_be_a_whole_number() -> None:
-    env = {**os.environ, "MODEL_SERVER_WORKERS": "two", "LATEST_MODEL_RUN_ID": ""}
+    env = venv_env(MODEL_SERVER_WORKERS="two", LATEST_MODEL_RUN_ID="")
     done = subprocess.run([str(MODEL_SERVER)], env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2 and "MODEL_SERVER_WORKERS='two' must be a positive whole number" in done.stderr
+    assert (
+        done.returncode == 2
+        and "MODEL_SERVER_WORKERS must be a positive integer (or empty: one per core), got 'two'" in done.stderr
+    )
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ KEYS = (
     "RF_N_ESTIMATORS", "RF_MAX_DEPTH", "MIN_ACCURACY", "REGISTERED_MODEL_NAME", "MONITOR_MIN_ROWS",
     "MONITOR_SETTLE_SECONDS", "INFERENCE_LOG", "INFERENCE_LOG_DIR", "INFERENCE_LOG_DB", "MODEL_SERVER_METRICS",
     "INFERENCE_LOG_FLUSH_SECONDS", "INFERENCE_LOG_RETENTION_DAYS", "INFERENCE_LOG_MAX_MB", "MODEL_POLL_SECONDS",
+    "LATEST_MODEL_RUN_ID", "MODEL_URI", "MODEL_SERVER_WORKERS", "MODEL_SERVER_PORT",
 )  # fmt: skip
 
 
@@ -78,6 +80,9 @@ def test_the_data_file_defaults_to_airflow_home(monkeypatch: pytest.MonkeyPatch,
         (ServerSettings, "INFERENCE_LOG_RETENTION_DAYS", "0", "a positive integer"),
         (ServerSettings, "INFERENCE_LOG_MAX_MB", "1.5", "a positive integer"),
         (ServerSettings, "MODEL_POLL_SECONDS", "0", "a positive number"),
+        (ServerSettings, "LATEST_MODEL_RUN_ID", "abc", "an MLflow run ID (32 hex characters)"),
+        (ServerSettings, "MODEL_SERVER_WORKERS", "two", "a positive integer (or empty: one per core)"),
+        (ServerSettings, "MODEL_SERVER_PORT", "70000", "a TCP port number"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_key_and_what_it_accepts(
@@ -88,6 +93,16 @@ def test_a_bad_value_is_refused_naming_the_key_and_what_it_accepts(
         from_env(cls)
     assert str(refused.value).startswith(f"{key} must be ") and accepted in str(refused.value)
     assert repr(value) in str(refused.value)
+
+
+def test_the_served_model_and_the_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LATEST_MODEL_RUN_ID pins the original tutorial's runs:/<id>/model; empty follows the champion."""
+    assert from_env(ServerSettings).fixed_uri == ""
+    monkeypatch.setenv("LATEST_MODEL_RUN_ID", "0123456789abcdef0123456789abcdef")
+    assert from_env(ServerSettings).fixed_uri == "runs:/0123456789abcdef0123456789abcdef/model"
+    assert from_env(ServerSettings, model_uri="models:/m/1").fixed_uri == "models:/m/1"
+    assert from_env(ServerSettings).workers == min(len(os.sched_getaffinity(0)), 4)
+    assert from_env(ServerSettings, model_server_workers="7").workers == 7
 
 
 def test_each_stage_reads_only_its_own_keys(monkeypatch: pytest.MonkeyPatch) -> None:

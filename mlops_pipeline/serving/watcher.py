@@ -28,7 +28,7 @@ class ModelWatcher:
     loop never waits for a load)."""
 
     def __init__(self, settings: ServerSettings, recorder: InferenceLog | None = None) -> None:
-        self.fixed_uri = settings.model_uri
+        self.fixed_uri = settings.fixed_uri
         self.model_name = settings.registered_model_name
         self.poll_seconds = settings.model_poll_seconds
         self.compiled = settings.model_server_compiled
