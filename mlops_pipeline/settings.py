@@ -117,6 +117,31 @@ class ServerSettings(LogSettings):
         return self.model_server_workers or min(len(os.sched_getaffinity(0)), 4)
 
 
+class TrackingSettings(BaseSettings):
+    """The tracking server's: mlflow/tracking_server.py passes them to `mlflow server` (the store and the artifacts
+    under MLFLOW_DATA_DIR unless the scale variant names PostgreSQL and s3:// in MLflow's own two keys)."""
+
+    model_config = Settings.model_config
+    mlflow_data_dir: Path = Field(Path("/mlflow/mlruns"), description="an absolute path")
+    mlflow_backend_store_uri: str = ""  # empty: sqlite:///<MLFLOW_DATA_DIR>/mlflow.db
+    mlflow_artifacts_destination: str = ""  # empty: <MLFLOW_DATA_DIR>/artifacts
+    mlflow_host: str = "0.0.0.0"  # noqa: S104 - in its container; compose publishes it on BIND_ADDRESS
+    mlflow_port: int = Field(5000, gt=0, lt=65536, description="a TCP port number")
+    mlflow_workers: PositiveInt = 1
+    mlflow_allowed_hosts: str = "localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow-server,mlflow-server:*"
+    mlflow_auth: Flag = False
+    mlflow_auth_admin_username: str = "admin"
+    mlflow_auth_admin_password: SecretStr = SecretStr("")
+    mlflow_metrics: Flag = True
+
+    @field_validator("mlflow_data_dir")
+    @classmethod
+    def absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("a relative path")
+        return value
+
+
 def from_env(cls: type[S], **values: object) -> S:
     """The settings from the environment (values given here win), or a ConfigError naming each bad key."""
     try:

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from mlops_pipeline.schema import ConfigError
-from mlops_pipeline.settings import MonitorSettings, ServerSettings, TrainSettings, from_env
+from mlops_pipeline.settings import MonitorSettings, ServerSettings, TrackingSettings, TrainSettings, from_env
 
 KEYS = (
     "RF_N_ESTIMATORS", "RF_MAX_DEPTH", "MIN_ACCURACY", "REGISTERED_MODEL_NAME", "MONITOR_MIN_ROWS",
     "MONITOR_SETTLE_SECONDS", "INFERENCE_LOG", "INFERENCE_LOG_DIR", "INFERENCE_LOG_DB", "MODEL_SERVER_METRICS",
     "INFERENCE_LOG_FLUSH_SECONDS", "INFERENCE_LOG_RETENTION_DAYS", "INFERENCE_LOG_MAX_MB", "MODEL_POLL_SECONDS",
-    "LATEST_MODEL_RUN_ID", "MODEL_URI", "MODEL_SERVER_WORKERS", "MODEL_SERVER_PORT",
+    "LATEST_MODEL_RUN_ID", "MODEL_URI", "MODEL_SERVER_WORKERS", "MODEL_SERVER_PORT", "MLFLOW_DATA_DIR", "MLFLOW_AUTH",
+    "MLFLOW_WORKERS",
 )  # fmt: skip
 
 
@@ -83,6 +84,9 @@ def test_the_data_file_defaults_to_airflow_home(monkeypatch: pytest.MonkeyPatch,
         (ServerSettings, "LATEST_MODEL_RUN_ID", "abc", "an MLflow run ID (32 hex characters)"),
         (ServerSettings, "MODEL_SERVER_WORKERS", "two", "a positive integer (or empty: one per core)"),
         (ServerSettings, "MODEL_SERVER_PORT", "70000", "a TCP port number"),
+        (TrackingSettings, "MLFLOW_DATA_DIR", "mlruns", "an absolute path"),
+        (TrackingSettings, "MLFLOW_AUTH", "maybe", "true or false"),
+        (TrackingSettings, "MLFLOW_WORKERS", "0", "a positive integer"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_key_and_what_it_accepts(
