@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -81,25 +81,48 @@ def seed(path: Path) -> Path:
     return path
 
 
-def row_schema() -> object:
+def row_schema(features: Sequence[str] = FEATURE_NAMES, label: bool = True) -> object:
     """The one row schema (pandera): finite features, a label that is a class. Built on first use: pandera's import
-    stays out of the DAG files' parsing."""
+    stays out of the DAG files' parsing. `features`: other names for the same checks (a log read without them)."""
     import numpy as np
     import pandera.pandas as pa
 
     finite = pa.Check(lambda s: np.isfinite(s), error=FINITE, ignore_na=False)
-    features = {name: pa.Column(float, finite, nullable=True) for name in FEATURE_NAMES}
-    label = pa.Check.isin(range(len(CLASS_NAMES)), error=A_CLASS, ignore_na=False)
-    return pa.DataFrameSchema({**features, LABEL_COLUMN: pa.Column(float, label, nullable=True)}, strict=True)
+    columns = {name: pa.Column(float, finite, nullable=True) for name in features}
+    if label:
+        is_class = pa.Check.isin(range(len(CLASS_NAMES)), error=A_CLASS, ignore_na=False)
+        columns[LABEL_COLUMN] = pa.Column(float, is_class, nullable=True)
+    return pa.DataFrameSchema(columns, strict=True)
+
+
+def problems(
+    raw: pd.DataFrame, features: Sequence[str] = FEATURE_NAMES, label: bool = True
+) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    """The rows as numbers, and each bad row's first problem by the row schema, in row order: (its index label,
+    "<column> is <value>, <what it is not>")."""
+    import pandas as pd
+    from pandera.errors import SchemaErrors
+
+    columns = [*features, LABEL_COLUMN] if label else list(features)
+    numbers = raw[columns].apply(lambda column: pd.to_numeric(column, errors="coerce")).astype(float)
+    try:
+        row_schema(features, label).validate(numbers, lazy=True)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases.dropna(subset=["index"])
+        cases = cases.assign(order=cases["column"].map(columns.index)).sort_values(["index", "order"])
+        found = []
+        for i, column, check in cases.drop_duplicates("index")[["index", "column", "check"]].itertuples(index=False):
+            value = raw.at[int(i), column]
+            value = value.item() if hasattr(value, "item") else value  # a numpy scalar as the number it is
+            found.append((int(i), f"{column} is {value!r}, {check}"))
+        return numbers, found
+    return numbers, []
 
 
 def validate(frame: pd.DataFrame, source: str = "") -> pd.DataFrame:
     """The rows as the training data holds them (features float, label int), or a DataError naming the first bad
     row and its problem: a bad value must stop training, not become a NaN or a fourth class. `source`: the file the
     rows came from (its line numbers count the header)."""
-    import pandas as pd
-    from pandera.errors import SchemaErrors
-
     prefix = f"{source}: " if source else ""
     missing = [c for c in COLUMNS if c not in frame.columns]
     extra = [str(c) for c in frame.columns if c not in COLUMNS]
@@ -107,18 +130,10 @@ def validate(frame: pd.DataFrame, source: str = "") -> pd.DataFrame:
         raise DataError(f"{prefix}header: missing columns {missing}, unexpected columns {extra}; expected {COLUMNS}")
     if frame.empty:
         raise DataError(f"{prefix}no rows")
-    raw = frame[COLUMNS]  # its index is the row's position: a file's blank lines are gone, the numbers stay
-    numbers = raw.apply(lambda column: pd.to_numeric(column, errors="coerce")).astype(float)
-    try:
-        row_schema().validate(numbers, lazy=True)
-    except SchemaErrors as exc:
-        cases = exc.failure_cases.dropna(subset=["index"])
-        first = cases.assign(order=cases["column"].map(COLUMNS.index)).sort_values(["index", "order"]).iloc[0]
-        i, column = int(first["index"]), first["column"]
-        where = f"row {i + 1}" + (f" (line {i + 2})" if source else "")
-        value = raw.at[i, column]
-        value = value.item() if hasattr(value, "item") else value  # a numpy scalar as the number it is
-        raise DataError(f"{prefix}{where}: {column} is {value!r}, {first['check']}") from None
+    numbers, bad = problems(frame)  # the index is the row's position: a file's blank lines are gone, the numbers stay
+    if bad:
+        i, problem = bad[0]
+        raise DataError(f"{prefix}row {i + 1}" + (f" (line {i + 2})" if source else "") + f": {problem}")
     return numbers.astype({LABEL_COLUMN: "int64"}).reset_index(drop=True)
 
 

@@ -1,5 +1,6 @@
 """mlops_pipeline/monitoring/log_reader.py: the inference log read back as a table (what the writer wrote; only the
-window's partitions; torn lines, unknown or missing keys and wrong widths skipped with a warning naming the file)."""
+window's partitions; torn lines, unknown or missing keys, wrong widths and rows the row schema refuses skipped with a
+warning naming the file)."""
 
 from __future__ import annotations
 
@@ -199,6 +200,20 @@ def test_a_row_of_the_wrong_width_is_skipped_and_its_neighbours_kept(tmp_path: P
     warnings = warnings_of(caplog)
     assert len(warnings) == 3 and all(str(path) in w for w in warnings)
     assert "3 features, expected 4" in warnings[0]
+
+
+def test_rows_the_row_schema_refuses_are_skipped_naming_the_value(tmp_path: Path, caplog) -> None:
+    """The training data's schema (data.problems): a feature that is missing, not a number or not finite."""
+    rows = [[1.0, None, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [float("inf"), 2.0, 3.0, 4.0], [1.0, 2.0, "x", 4.0]]
+    path = write(tmp_path, DAY, line("r", DAY, rows, [0, 1, 2, 0]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        frame = read_dir(tmp_path, since=DAY, feature_names=FEATURES)
+    assert frame["prediction"].tolist() == [1] and frame[FEATURES].to_numpy().tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert warnings_of(caplog) == [
+        f"inference log {path}, line 1: sepal_width is nan, not a finite number, skipped",
+        f"inference log {path}, line 1: sepal_length is inf, not a finite number, skipped",
+        f"inference log {path}, line 1: petal_length is 'x', not a finite number, skipped",
+    ]
 
 
 def test_a_damaged_file_warns_a_few_times_then_counts(tmp_path: Path, caplog) -> None:

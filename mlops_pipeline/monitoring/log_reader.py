@@ -1,21 +1,24 @@
 """The model-server's inference log read back as a table (one row per scored input row), from its files or from
-the scale variant's PostgreSQL table, for the drift monitor.
+the scale variant's PostgreSQL table, for the drift monitor. The input rows are checked by the training data's row
+schema (data.problems): a row the model could not have been given (a non-finite feature) is not drift.
 
-A damaged log never fails the monitor: whatever cannot be read is skipped with a warning naming the file (a worker
-killed mid-write leaves a torn last line).
+A damaged log never fails the monitor: whatever cannot be read is skipped with a warning naming the file and line
+(a worker killed mid-write leaves a torn last line), a few per file, then one line with the count.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
+from mlops_pipeline import data
 from mlops_pipeline.schema import LOG_FIELDS, partition_date
 from mlops_pipeline.settings import LogSettings
 
@@ -25,25 +28,42 @@ META = LOG_FIELDS[:-2]  # ts, request_id, model_name, model_version, run_id: the
 MAX_WARNINGS_PER_FILE = 5  # then one line with the count: a damaged file must not flood the task log
 
 
-class Problems:
-    """A file's (or the table's) skipped lines and rows, warned about one by one up to a limit, then counted."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path, self.count = path, 0
-
-    def __call__(self, line: int, problem: str) -> None:
-        self.count += 1
-        if self.count <= MAX_WARNINGS_PER_FILE:
-            log.warning("inference log %s, line %d: %s, skipped", self.path, line, problem)
-
-    def summary(self) -> None:
-        if self.count > MAX_WARNINGS_PER_FILE:
-            log.warning("inference log %s: %d problems in all, each skipped", self.path, self.count)
-
-
 def utc(moment: datetime) -> datetime:
     """Aware and in UTC, as the log's timestamps are, so the two compare; a naive time is taken as UTC."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@dataclass
+class Reading:
+    """What the monitor asked for (records in [since, until), of one model version or of all) and what was read:
+    the rows, where each came from (file, line), the feature count (the first row sets it) and the problems."""
+
+    since: datetime
+    until: datetime | None
+    model_version: str | None
+    width: int | None = None
+    rows: list[list] = field(default_factory=list)
+    origins: list[tuple[str, int]] = field(default_factory=list)
+    problems: Counter = field(default_factory=Counter)
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        return end > self.since and (self.until is None or start < self.until)
+
+    def holds(self, record: dict) -> bool:
+        ts = record["ts"]
+        if ts < self.since or (self.until is not None and ts >= self.until):
+            return False
+        return self.model_version is None or str(record["model_version"]) == str(self.model_version)
+
+    def skip(self, source: str, line: int, problem: str) -> None:
+        self.problems[source] += 1
+        if self.problems[source] <= MAX_WARNINGS_PER_FILE:
+            log.warning("inference log %s, line %d: %s, skipped", source, line, problem)
+
+    def summary(self) -> None:
+        for source, count in self.problems.items():
+            if count > MAX_WARNINGS_PER_FILE:
+                log.warning("inference log %s: %d problems in all, each skipped", source, count)
 
 
 def read(
@@ -56,29 +76,29 @@ def read(
     """One row per scored input row with ts in [since, until) (naive times are UTC), from the log's files or, in the
     scale variant, its PostgreSQL table (INFERENCE_LOG_DB): the same records, read with the same checks. Without
     feature_names the features are f0..fn-1, n taken from the first row read."""
-    window = Window(utc(since), None if until is None else utc(until), model_version)
-    width = None if feature_names is None else len(feature_names)
-    rows: list[list] = []
+    reading = Reading(utc(since), None if until is None else utc(until), model_version)
+    reading.width = None if feature_names is None else len(feature_names)
     if settings.inference_log_db:
-        width = read_table(settings, window, width, rows)
+        read_table(settings, reading)
     else:
-        width = read_files(settings.inference_log_dir, window, width, rows)
-    return as_frame(rows, width, feature_names)
+        read_files(settings.inference_log_dir, reading)
+    frame = as_frame(reading, feature_names)
+    reading.summary()
+    return frame
 
 
-def read_files(directory: Path, window: Window, width: int | None, rows: list[list]) -> int | None:
+def read_files(directory: Path, reading: Reading) -> None:
     """Only the date partitions that can hold the window's records are opened."""
     for part in sorted(directory.glob("date=*")) if directory.is_dir() else []:
         day = partition_date(part)
         start = None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
-        if start is not None and window.overlaps(start, start + timedelta(days=1)):
+        if start is not None and reading.overlaps(start, start + timedelta(days=1)):
             for path in sorted(part.glob("*.jsonl")):
                 with open(path, "rb") as f:
-                    width = read_lines(f, str(path), window, width, rows)
-    return width
+                    read_lines(f, str(path), reading)
 
 
-def read_table(settings: LogSettings, window: Window, width: int | None, rows: list[list]) -> int | None:
+def read_table(settings: LogSettings, reading: Reading) -> None:
     """Only the window's rows are fetched (the read-only role's password: INFERENCE_LOG_DB_PASSWORD)."""
     import psycopg2
 
@@ -91,69 +111,50 @@ def read_table(settings: LogSettings, window: Window, width: int | None, rows: l
         cursor.execute(
             "SELECT record::text FROM inference_log WHERE ts >= %s AND (%s::timestamptz IS NULL OR ts < %s)"
             " AND (%s::text IS NULL OR model_version = %s) ORDER BY ts",
-            (window.since, window.until, window.until, window.model_version, window.model_version),
+            (reading.since, reading.until, reading.until, reading.model_version, reading.model_version),
         )
-        width = read_lines((line for (line,) in cursor), "table inference_log", window, width, rows)
+        read_lines((line for (line,) in cursor), "table inference_log", reading)
     connection.close()
-    return width
 
 
-def as_frame(rows: list[list], width: int | None, feature_names: Sequence[str] | None) -> pd.DataFrame:
-    names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(width or 0)]
-    frame = pd.DataFrame(rows, columns=[*META, *names, "prediction"])
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("us")  # the log's resolution, empty or not
-    return frame.astype(dict.fromkeys(names, "float64"))
-
-
-@dataclass(frozen=True)
-class Window:
-    """What the monitor asked for: records in [since, until), of one model version or of all."""
-
-    since: datetime
-    until: datetime | None
-    model_version: str | None
-
-    def overlaps(self, start: datetime, end: datetime) -> bool:
-        return end > self.since and (self.until is None or start < self.until)
-
-    def holds(self, record: dict) -> bool:
-        ts = record["ts"]
-        if ts < self.since or (self.until is not None and ts >= self.until):
-            return False
-        return self.model_version is None or str(record["model_version"]) == str(self.model_version)
-
-
-def read_lines(
-    lines: Iterable[bytes | str], source: str, window: Window, width: int | None, rows: list[list]
-) -> int | None:
-    """Append the rows of the records in the window to rows; returns the feature count (the first row sets it)."""
-    problems = Problems(source)
+def read_lines(lines: Iterable[bytes | str], source: str, reading: Reading) -> None:
+    """Add the rows of the records in the window; the values are checked later, all rows at once (as_frame)."""
     for number, raw in enumerate(lines, start=1):
         try:
             record = json.loads(raw)
             if type(record) is not dict or record.keys() != KEYS:
                 keys = sorted(record) if type(record) is dict else type(record).__name__
-                problems(number, f"keys {keys} are not {list(LOG_FIELDS)}")
+                reading.skip(source, number, f"keys {keys} are not {list(LOG_FIELDS)}")
                 continue
             record["ts"] = utc(datetime.fromisoformat(record["ts"]))
         except (ValueError, TypeError) as e:  # a torn line, not UTF-8, a bad timestamp
-            problems(number, f"not a record ({e})")
+            reading.skip(source, number, f"not a record ({e})")
             continue
-        if not window.holds(record):
+        if not reading.holds(record):
             continue
         inputs, predictions = record["inputs"], record["predictions"]
         if type(inputs) is not list or type(predictions) is not list or len(inputs) != len(predictions):
-            problems(number, "inputs and predictions are not lists of the same length")
+            reading.skip(source, number, "inputs and predictions are not lists of the same length")
             continue
         meta = [record["ts"], *(str(record[key]) for key in META[1:])]
         for row, prediction in zip(inputs, predictions, strict=True):
-            if type(row) is not list or not row or not all(type(v) in (int, float) for v in row):
-                problems(number, f"input row {row!r} is not a list of numbers")
+            if type(row) is not list or not row:
+                reading.skip(source, number, f"input row {row!r} is not a list of features")
                 continue
-            width = len(row) if width is None else width
-            if len(row) != width:
-                problems(number, f"input row has {len(row)} features, expected {width}")
+            reading.width = len(row) if reading.width is None else reading.width
+            if len(row) != reading.width:
+                reading.skip(source, number, f"input row has {len(row)} features, expected {reading.width}")
                 continue
-            rows.append([*meta, *row, prediction])
-    problems.summary()
-    return width
+            reading.rows.append([*meta, *row, prediction])
+            reading.origins.append((source, number))
+
+
+def as_frame(reading: Reading, feature_names: Sequence[str] | None) -> pd.DataFrame:
+    """The rows whose features pass the row schema, the features as float64."""
+    names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(reading.width or 0)]
+    frame = pd.DataFrame(reading.rows, columns=[*META, *names, "prediction"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).dt.as_unit("us")  # the log's resolution, empty or not
+    numbers, bad = data.problems(frame, names, label=False)
+    for i, problem in bad:
+        reading.skip(*reading.origins[i], problem)
+    return frame.assign(**numbers).drop(index=[i for i, _ in bad]).reset_index(drop=True)
