@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from scripts.stackclient import Airflow, AirflowError, http
-from scripts.stackenv import read_env_file, wait_for
+from scripts.stackenv import read_env_file, urls, wait_for
 
 __all__ = ["Airflow", "AirflowError", "http", "wait_for"]  # the parts take the project's client and wait from here
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,9 +182,7 @@ class Stack:
             "COMPOSE_BAKE": "false",
             "DOCKER_BUILDKIT": "0",
         }
-        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
-        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
-        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+        self.airflow_url, self.mlflow_url, self.model_url = urls(self.cfg).values()
 
     def run(self, *args: str, check: bool = True, timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess:
         out = subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
@@ -208,9 +206,7 @@ class Stack:
     def airflow(self) -> Airflow:
         """The project's Airflow client (scripts/stackclient.py), logged in as the admin of this stack's .env."""
         try:
-            return Airflow(
-                self.airflow_url, self.cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", self.cfg["AIRFLOW_ADMIN_PASSWORD"]
-            )
+            return Airflow.login(self.cfg)
         except AirflowError as exc:
             raise BenchError(str(exc)) from None
 

@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = read_rows(args.file)
     cfg = settings(Path(os.environ.get("ENV_FILE", ROOT / ".env")))
-    url = f"http://127.0.0.1:{cfg.get('AIRFLOW_PORT') or 8080}"
-    airflow = Airflow(url, cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", cfg["AIRFLOW_ADMIN_PASSWORD"])
+    airflow = Airflow.login(cfg)
     airflow.wait_for_dag(APPEND_DAG)
     airflow.set_paused(TRAINING_DAG, False)  # a paused DAG would not run on the asset event
     before = {run["dag_run_id"] for run in airflow.runs(TRAINING_DAG)}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from scripts.stackclient import Airflow, http, mlflow_login, registry_champion, run_script, wait_for_model
-from scripts.stackenv import COMPOSE_CORE, ROOT, settings, wait_for
+from scripts.stackenv import COMPOSE_CORE, ROOT, settings, urls, wait_for
 
 DAG_ID = "mlops_pipeline"
 SEED_PAYLOAD = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     python = sys.executable
 
     cfg = settings(env_file)
-    host = "127.0.0.1"
-    airflow_url = f"http://{host}:{cfg.get('AIRFLOW_PORT') or 8080}"
-    mlflow_url = f"http://{host}:{cfg.get('MLFLOW_PORT') or 5000}"
-    model_url = f"http://{host}:{cfg.get('MODEL_SERVER_PORT') or 5001}"
+    airflow_url, mlflow_url, model_url = urls(cfg).values()
     pinned = bool(cfg.get("LATEST_MODEL_RUN_ID"))
 
     print(f"== 1/4 start the stack ({args.mode})", flush=True)
@@ -80,12 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(exc.returncode) from None
 
     print(f"== 2/4 trigger {DAG_ID} through Airflow's REST API and wait", flush=True)
-    print(
-        f"  hyper-parameters from {env_file.name}: RF_N_ESTIMATORS={cfg.get('RF_N_ESTIMATORS', '100')} "
-        f"RF_MAX_DEPTH={cfg.get('RF_MAX_DEPTH', '3')}, MIN_ACCURACY={cfg.get('MIN_ACCURACY', '0.9')}",
-        flush=True,
-    )
-    airflow = Airflow(airflow_url, cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", cfg["AIRFLOW_ADMIN_PASSWORD"])
+    given = [f"{key}={cfg[key]}" for key in ("RF_N_ESTIMATORS", "RF_MAX_DEPTH", "MIN_ACCURACY") if cfg.get(key)]
+    print(f"  from {env_file.name}: {', '.join(given) or 'no training settings'} (the rest: defaults)", flush=True)
+    airflow = Airflow.login(cfg)
     airflow.wait_for_dag(DAG_ID)
     dag_run = airflow.trigger(DAG_ID)
     if airflow.wait_for_run(DAG_ID, dag_run) != "success":

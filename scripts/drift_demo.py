@@ -27,7 +27,7 @@ from urllib.parse import quote
 from mlops_pipeline.schema import CLASS_NAMES, LABEL_COLUMN, MODEL_NAME, REFERENCE_ARTIFACT
 from scripts import append_data
 from scripts.stackclient import Airflow, http, mlflow_login, registry_champion_version, run_script, wait_for_model
-from scripts.stackenv import ROOT, settings
+from scripts.stackenv import ROOT, settings, urls
 
 MONITOR_DAG = "monitor_model"
 VIRGINICA = CLASS_NAMES.index("virginica")
@@ -43,12 +43,10 @@ class Stack:
 
     def __init__(self, cfg: dict[str, str]) -> None:
         self.cfg = cfg
-        self.mlflow = f"http://127.0.0.1:{cfg.get('MLFLOW_PORT') or 5000}"
-        self.model = f"http://127.0.0.1:{cfg.get('MODEL_SERVER_PORT') or 5001}"
+        self.mlflow, self.model = urls(cfg)["mlflow"], urls(cfg)["model"]
         self.mlflow_headers = mlflow_login(cfg)
         self.name = cfg.get("REGISTERED_MODEL_NAME") or MODEL_NAME
-        airflow = f"http://127.0.0.1:{cfg.get('AIRFLOW_PORT') or 8080}"
-        self.airflow = Airflow(airflow, cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", cfg["AIRFLOW_ADMIN_PASSWORD"])
+        self.airflow = Airflow.login(cfg)
 
     def champion(self) -> dict:
         """The registry's champion (MLflow REST): its version and run ID."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from scripts.stackenv import COMPOSE_CORE, ROOT, SettingsError, compose_services, settings, wait_for
+from scripts.stackenv import COMPOSE_CORE, ROOT, SettingsError, compose_services, ports, settings, wait_for
 
 ENV_FILE = Path(os.environ.get("ENV_FILE", ROOT / ".env")).resolve()
 STATE = Path(os.environ.get("LOCAL_STATE_DIR", ROOT / ".local")).resolve()
@@ -31,15 +31,6 @@ EXECUTION_API = "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"  # healthcheck.py asks
 AIRFLOW_SERVICES = {"airflow-init", "airflow-webserver", "airflow-scheduler", "airflow-dag-processor"}
 # Where the images keep the scripts, and where they are in this checkout.
 PATH_MAP = {"/opt/airflow/bin/": ROOT / "airflow", "/opt/mlflow/bin/": ROOT / "mlflow"}
-
-
-def ports(cfg: dict[str, str]) -> dict[str, int]:
-    airflow = int(cfg.get("AIRFLOW_PORT") or 8080)
-    return {
-        "airflow": airflow,
-        "mlflow": int(cfg.get("MLFLOW_PORT") or 5000),
-        "model": int(cfg.get("MODEL_SERVER_PORT") or 5001),
-    }
 
 
 def local_overrides(service: str, cfg: dict[str, str]) -> dict[str, str]:

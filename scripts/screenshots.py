@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from scripts.stackclient import http, mlflow_login
-from scripts.stackenv import SettingsError, settings
+from scripts.stackenv import SettingsError, settings, urls
 from scripts.ui_flow import UIFlowError, chromium_unavailable_reason, run_ui_flow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = settings(args.env_file)
     except SettingsError as exc:
         sys.exit(f"screenshots: {exc}")
-    airflow_url = f"http://127.0.0.1:{cfg.get('AIRFLOW_PORT') or 8080}"
-    mlflow_url = f"http://127.0.0.1:{cfg.get('MLFLOW_PORT') or 5000}"
+    airflow_url, mlflow_url = urls(cfg)["airflow"], urls(cfg)["mlflow"]
     for name, url in (("Airflow", f"{airflow_url}/api/v2/monitor/health"), ("MLflow", f"{mlflow_url}/health")):
         try:
             http("GET", url, timeout=10)

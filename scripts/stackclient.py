@@ -17,7 +17,7 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from mlops_pipeline.schema import CHAMPION, MODEL_NAME
-from scripts.stackenv import SettingsError, wait_for
+from scripts.stackenv import SettingsError, urls, wait_for
 
 
 class AirflowError(RuntimeError):
@@ -54,6 +54,11 @@ class Airflow:
         if status >= 300 or not isinstance(body, dict):
             raise AirflowError(f"Airflow's /auth/token answered HTTP {status}: {body}")
         self.headers = {"Authorization": f"Bearer {body['access_token']}"}
+
+    @classmethod
+    def login(cls, cfg: Mapping[str, str]) -> Airflow:
+        """The client of the stack that `cfg` (its .env) describes, logged in as its admin."""
+        return cls(urls(cfg)["airflow"], cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", cfg["AIRFLOW_ADMIN_PASSWORD"])
 
     def status(self, path: str) -> int:
         """The HTTP status of GET /api/v2{path}, for "does it exist yet"."""

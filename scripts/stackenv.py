@@ -29,6 +29,19 @@ T = TypeVar("T")
 VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
+# The host ports .env publishes the services on (docker-compose.yml's defaults where .env says nothing).
+PORTS = {"airflow": ("AIRFLOW_PORT", 8080), "mlflow": ("MLFLOW_PORT", 5000), "model": ("MODEL_SERVER_PORT", 5001)}
+
+
+def ports(cfg: Mapping[str, str]) -> dict[str, int]:
+    return {service: int(cfg.get(key) or default) for service, (key, default) in PORTS.items()}
+
+
+def urls(cfg: Mapping[str, str]) -> dict[str, str]:
+    """Where this machine reaches each service ("airflow", "mlflow", "model")."""
+    return {service: f"http://127.0.0.1:{port}" for service, port in ports(cfg).items()}
+
+
 class SettingsError(ValueError):
     """A required setting is missing; the message says which one and what to do."""
 

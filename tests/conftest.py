@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlops_pipeline import AIRFLOW_SHIM_WARNING
 from scripts.stackclient import Airflow
-from scripts.stackenv import read_env_file, wait_for
+from scripts.stackenv import read_env_file, urls, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # Model-servers the tests start (in process or as processes) record nothing unless a test turns the inference log
@@ -170,9 +170,7 @@ class ComposeProject:
         )
         if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode != 0:
             self.env["DOCKER_BUILDKIT"] = "0"  # no buildx plugin: the classic builder still works
-        self.airflow_url = f"http://127.0.0.1:{self.ports['AIRFLOW_PORT']}"
-        self.mlflow_url = f"http://127.0.0.1:{self.ports['MLFLOW_PORT']}"
-        self.model_url = f"http://127.0.0.1:{self.ports['MODEL_SERVER_PORT']}"
+        self.airflow_url, self.mlflow_url, self.model_url = urls(self.cfg).values()
         self.prometheus_url = f"http://127.0.0.1:{self.ports['PROMETHEUS_PORT']}"
         self.results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores"}
 
@@ -243,7 +241,7 @@ class ComposeProject:
 
     def airflow(self) -> Airflow:
         """The project's Airflow client, logged in as this stack's admin."""
-        return Airflow(self.airflow_url, self.cfg["AIRFLOW_ADMIN_USERNAME"], self.cfg["AIRFLOW_ADMIN_PASSWORD"])
+        return Airflow.login(self.cfg)
 
 
 def wait_until_serving(script: Path, proc: subprocess.Popen, health_url: str, log: Path, timeout: float) -> None:
