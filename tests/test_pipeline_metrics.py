@@ -99,7 +99,7 @@ def test_a_failed_push_logs_one_line_and_never_raises(
     else:
         gateway.status = 500
     caplog.set_level(logging.WARNING)
-    assert pipeline_metrics.push("mlops_model", {"model": "m"}, {"mlops_model_version": ("doc", 1.0)}) is False
+    assert pipeline_metrics.push("mlops_model", {"model": "m"}, {"mlops_model_version": 1.0}) is False
     assert len(caplog.records) == 1 and "is the monitoring profile up?" in caplog.text
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,33 +31,8 @@ PREDICTION = "prediction"
 TAG_MODEL, TAG_VERSION, TAG_START, TAG_END = "model_name", "model_version", "window_start", "window_end"
 
 
-@dataclass(frozen=True)
-class DriftResult:
-    """Evidently's verdict: per feature column a drift test (K-S for numbers, chi-square for the predicted class
-    below 1,000 reference rows), the dataset drifting when at least drift_share_limit of the features do."""
-
-    dataset_drift: bool
-    drift_share: float  # the share of feature columns that drifted
-    drifted_columns: int
-    drift_share_limit: float
-    prediction_drift: bool
-    column_scores: dict[str, float]  # per column (features and prediction): the test's score, e.g. a p-value
-    column_methods: dict[str, str]
-
-    def metrics(self) -> dict[str, float]:
-        """The figures as MLflow metrics (keys allow no parentheses: "petal length (cm)" -> petal_length_cm)."""
-        figures = {
-            "dataset_drift": float(self.dataset_drift),
-            "drift_share": self.drift_share,
-            "drifted_columns": float(self.drifted_columns),
-            "prediction_drift": float(self.prediction_drift),
-        }
-        for column, score in self.column_scores.items():
-            figures[f"drift_score.{metric_key(column)}"] = score
-        return figures
-
-
 def metric_key(column: str) -> str:
+    """An MLflow metric key for a column (no parentheses: "petal length (cm)" -> petal_length_cm)."""
     return "_".join(column.replace("(", " ").replace(")", " ").split())
 
 
@@ -67,9 +41,11 @@ def drifted(score: float, method: str, threshold: float) -> bool:
     return score < threshold if "p_value" in method else score >= threshold
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str]) -> tuple[DriftResult, Any]:
-    """Run Evidently's data drift preset on the features and a drift metric on the predicted class; returns the
-    verdict and Evidently's snapshot (its save_html writes the report)."""
+def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str]) -> tuple[dict[str, float], Any]:
+    """Evidently's data drift preset on the features (per column K-S for numbers, the dataset drifting when at least
+    half of them do) and a drift test on the predicted class (chi-square below 1,000 reference rows). Returns the
+    figures as MLflow metrics (dataset_drift and prediction_drift 1/0, drift_share, drifted_columns,
+    drift_score.<column>) and Evidently's snapshot (its save_html writes the report)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
@@ -81,30 +57,20 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str])
         Dataset.from_pandas(current[columns], data_definition=definition),
         Dataset.from_pandas(reference[columns], data_definition=definition),
     )
-    share, count, limit = 0.0, 0, 0.5
-    scores: dict[str, float] = {}
-    methods: dict[str, str] = {}
-    thresholds: dict[str, float] = {}
+    figures: dict[str, float] = {}
     for metric in snapshot.dict()["metrics"]:
         config, value = metric["config"], metric["value"]
         if config["type"].endswith(":DriftedColumnsCount"):
-            share, count, limit = float(value["share"]), int(value["count"]), float(config["drift_share"])
+            figures["dataset_drift"] = float(value["share"] >= config["drift_share"])
+            figures["drift_share"], figures["drifted_columns"] = float(value["share"]), float(value["count"])
         elif config["type"].endswith(":ValueDrift"):
-            column = config["column"]
-            scores[column], methods[column], thresholds[column] = float(value), config["method"], config["threshold"]
-    missing = [c for c in columns if c not in scores]
-    if missing:
-        raise RuntimeError(f"Evidently's report has no drift score for {missing}: has its result format changed?")
-    result = DriftResult(
-        dataset_drift=share >= limit,
-        drift_share=share,
-        drifted_columns=count,
-        drift_share_limit=limit,
-        prediction_drift=drifted(scores[PREDICTION], methods[PREDICTION], thresholds[PREDICTION]),
-        column_scores=scores,
-        column_methods=methods,
-    )
-    return result, snapshot
+            figures[f"drift_score.{metric_key(config['column'])}"] = float(value)
+            if config["column"] == PREDICTION:
+                figures["prediction_drift"] = float(drifted(value, config["method"], config["threshold"]))
+    expected = ["dataset_drift", "prediction_drift", *(f"drift_score.{metric_key(c)}" for c in columns)]
+    if missing := [key for key in expected if key not in figures]:
+        raise RuntimeError(f"Evidently's report has no {missing}: has its result format changed?")
+    return figures, snapshot
 
 
 def last_window_end(model_name: str, version: str) -> datetime | None:
@@ -165,27 +131,28 @@ def monitor(
         )  # fmt: skip
         return {"status": "not enough data", "rows": len(current), **window}
     reference = reference_with_predictions(name, version, champion.run_id)
-    result, snapshot = compare(reference, current, features)
+    figures, snapshot = compare(reference, current, features)
     tags = {TAG_MODEL: name, TAG_VERSION: version, TAG_START: window["since"], TAG_END: window["until"]}
     with mlflow.start_run(run_name=f"drift {name} v{version}", tags={**tags, "model_run_id": champion.run_id}) as run:
         mlflow.log_params({"rows": len(current), "reference_rows": len(reference), "min_rows": cfg.monitor_min_rows})
-        mlflow.log_metrics({**result.metrics(), "rows": float(len(current))})
+        mlflow.log_metrics({**figures, "rows": float(len(current))})
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, REPORT_ARTIFACT)
             snapshot.save_html(path)
             mlflow.log_artifact(path)
-    pipeline_metrics.drift_checked(cfg.pushgateway_url, name, version, result.metrics(), len(current))
+    pipeline_metrics.drift_checked(cfg.pushgateway_url, name, version, figures, len(current))
     log.info(
         "monitor: %s version %s, %d rows: %s (%d of %d features drifted, share %.2f; prediction drift: %s); "
         "report: run %s, artifact %s",
-        name, version, len(current), "DRIFT" if result.dataset_drift else "no drift", result.drifted_columns,
-        len(features), result.drift_share, "yes" if result.prediction_drift else "no", run.info.run_id, REPORT_ARTIFACT,
+        name, version, len(current), "DRIFT" if figures["dataset_drift"] else "no drift", figures["drifted_columns"],
+        len(features), figures["drift_share"], "yes" if figures["prediction_drift"] else "no", run.info.run_id,
+        REPORT_ARTIFACT,
     )  # fmt: skip
     return {
-        "status": "drift" if result.dataset_drift else "no drift",
+        "status": "drift" if figures["dataset_drift"] else "no drift",
         "rows": len(current),
-        "drift_share": result.drift_share,
-        "prediction_drift": result.prediction_drift,
+        "drift_share": figures["drift_share"],
+        "prediction_drift": bool(figures["prediction_drift"]),
         "monitoring_run_id": run.info.run_id,
         **window,
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
@@ -27,17 +26,32 @@ from mlops_pipeline.settings import Settings, from_env
 
 log = logging.getLogger(__name__)
 PUSH_TIMEOUT_SECONDS = 3.0
+HELP = {  # every gauge pushed, with its help text
+    "mlops_dag_run_succeeded": "1 if the last finished run succeeded, 0 if it failed.",
+    "mlops_dag_run_end_timestamp_seconds": "When the last finished run ended (Unix time).",
+    "mlops_dag_run_duration_seconds": "How long the last finished run took.",
+    "mlops_dag_run_last_success_timestamp_seconds": "When the last successful run ended.",
+    "mlops_model_test_accuracy": "Held-out accuracy of the last model the pipeline registered.",
+    "mlops_model_version": "Registry version of the last model the pipeline registered.",
+    "mlops_model_promoted": "1 if the quality gate promoted the last registered model to champion.",
+    "mlops_drift_detected": "1 if the last drift check found the served inputs drifted from the training rows.",
+    "mlops_drift_share": "Share of feature columns that drifted in the last drift check.",
+    "mlops_prediction_drift": "1 if the predicted classes drifted in the last drift check.",
+    "mlops_drift_rows": "Logged rows the last drift check compared.",
+    "mlops_drift_model_version": "Registry version the last drift check looked at.",
+    "mlops_drift_check_timestamp_seconds": "When the last drift check ended (Unix time).",
+}
 
 
-def push(job: str, grouping_key: dict[str, str], values: dict[str, tuple[str, float]], url: str | None = None) -> bool:
-    """Push gauges {name: (help, value)} to the group at `url` (default: PUSHGATEWAY_URL); False (and one log line)
+def push(job: str, grouping_key: dict[str, str], values: dict[str, float], url: str | None = None) -> bool:
+    """Push the gauges {name: value} to the group at `url` (default: PUSHGATEWAY_URL); False (and one log line)
     when it could not be done."""
     url = (from_env(Settings).pushgateway_url if url is None else url).strip()
     if not url:
         return False
     registry = CollectorRegistry()
-    for name, (doc, number) in values.items():
-        Gauge(name, doc, registry=registry).set(number)
+    for name, number in values.items():
+        Gauge(name, HELP[name], registry=registry).set(number)
     try:
         pushadd_to_gateway(url, job=job, registry=registry, grouping_key=grouping_key, timeout=PUSH_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - metrics must never fail a run
@@ -46,67 +60,40 @@ def push(job: str, grouping_key: dict[str, str], values: dict[str, tuple[str, fl
     return True
 
 
-def dag_run_values(start: datetime | None, end: datetime | None, succeeded: bool) -> dict[str, tuple[str, float]]:
-    """The figures of one finished DAG run (a run without a start time, e.g. failed before it began, has no
-    duration)."""
-    end_ts = end.timestamp() if end else time.time()
-    values = {
-        "mlops_dag_run_succeeded": ("1 if the last finished run succeeded, 0 if it failed.", float(succeeded)),
-        "mlops_dag_run_end_timestamp_seconds": ("When the last finished run ended (Unix time).", end_ts),
-    }
-    if start is not None:
-        values["mlops_dag_run_duration_seconds"] = ("How long the last finished run took.", end_ts - start.timestamp())
-    if succeeded:
-        values["mlops_dag_run_last_success_timestamp_seconds"] = ("When the last successful run ended.", end_ts)
-    return values
-
-
 def dag_run_finished(context: dict[str, Any], succeeded: bool) -> None:
-    """For a DAG's on_success_callback and on_failure_callback (the DAG file binds `succeeded`)."""
-    dag_run = context.get("dag_run")
-    dag_id = context["dag"].dag_id
-    start = getattr(dag_run, "start_date", None)
-    end = getattr(dag_run, "end_date", None)
-    if push("mlops_dag_run", {"dag_id": dag_id}, dag_run_values(start, end, succeeded)):
-        log.info(
-            "pipeline metrics: pushed %s run %s (%s)", dag_id, context.get("run_id"), "ok" if succeeded else "failed"
-        )
+    """For a DAG's on_success_callback and on_failure_callback (the DAG file binds `succeeded`). A run without a
+    start time (failed before it began) has no duration."""
+    dag_run, dag_id = context.get("dag_run"), context["dag"].dag_id
+    start, end = getattr(dag_run, "start_date", None), getattr(dag_run, "end_date", None)
+    end_ts = end.timestamp() if end else time.time()
+    values = {"mlops_dag_run_succeeded": float(succeeded), "mlops_dag_run_end_timestamp_seconds": end_ts}
+    if start is not None:
+        values["mlops_dag_run_duration_seconds"] = end_ts - start.timestamp()
+    if succeeded:
+        values["mlops_dag_run_last_success_timestamp_seconds"] = end_ts
+    if push("mlops_dag_run", {"dag_id": dag_id}, values):
+        log.info("pipeline metrics: pushed %s run %s (%s)", dag_id, context.get("run_id"), ["failed", "ok"][succeeded])
 
 
 def model_registered(result: dict[str, Any]) -> None:
     """After the quality gate (registry.register_and_promote's result)."""
     values = {
-        "mlops_model_test_accuracy": (
-            "Held-out accuracy of the last model the pipeline registered.",
-            result["accuracy"],
-        ),
-        "mlops_model_version": (
-            "Registry version of the last model the pipeline registered.",
-            float(result["version"]),
-        ),
-        "mlops_model_promoted": (
-            "1 if the quality gate promoted the last registered model to champion.",
-            result["promoted"],
-        ),
+        "mlops_model_test_accuracy": result["accuracy"],
+        "mlops_model_version": float(result["version"]),
+        "mlops_model_promoted": float(result["promoted"]),
     }
     push("mlops_model", {"model": result["model"]}, values)
 
 
 def drift_checked(url: str, model: str, version: str, figures: dict[str, float], rows: int) -> None:
-    """After a drift check that had enough rows (drift.monitor; figures: DriftResult.metrics())."""
+    """After a drift check that had enough rows (drift.monitor; figures: drift.compare's)."""
     values = {
-        "mlops_drift_detected": (
-            "1 if the last drift check found the served inputs drifted from the training rows (Evidently).",
-            figures["dataset_drift"],
-        ),
-        "mlops_drift_share": ("Share of feature columns that drifted in the last drift check.", figures["drift_share"]),
-        "mlops_prediction_drift": (
-            "1 if the predicted classes drifted in the last drift check.",
-            figures["prediction_drift"],
-        ),
-        "mlops_drift_rows": ("Logged rows the last drift check compared.", float(rows)),
-        "mlops_drift_model_version": ("Registry version the last drift check looked at.", float(version)),
-        "mlops_drift_check_timestamp_seconds": ("When the last drift check ended (Unix time).", time.time()),
+        "mlops_drift_detected": figures["dataset_drift"],
+        "mlops_drift_share": figures["drift_share"],
+        "mlops_prediction_drift": figures["prediction_drift"],
+        "mlops_drift_rows": float(rows),
+        "mlops_drift_model_version": float(version),
+        "mlops_drift_check_timestamp_seconds": time.time(),
     }
     if push("mlops_drift", {"model": model}, values, url):
         log.info("pipeline metrics: pushed the drift check of %s version %s", model, version)

@@ -44,19 +44,13 @@ CHUNK = 64  # records per write: a request waiting for the GIL never waits for a
 Row = tuple[str, str, str]  # (timestamp, model version, JSON line)
 
 
-def plain(value: Any) -> Any:  # noqa: ANN401
-    """Arrays and frames as lists, so JSON can encode what the request path handed over."""
-    if hasattr(value, "to_numpy"):
-        value = value.to_numpy()
-    return value.tolist() if hasattr(value, "tolist") else value
-
-
 def encodable(value: Any) -> Any:  # noqa: ANN401
-    """json's fallback: numpy scalars and arrays inside lists; anything else is refused."""
-    converted = plain(value)
-    if converted is value:
+    """json's fallback for what the request path hands over: arrays, frames and numpy scalars as lists and numbers;
+    anything else is refused."""
+    value = value.to_numpy() if hasattr(value, "to_numpy") else value
+    if not hasattr(value, "tolist"):
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
-    return converted
+    return value.tolist()
 
 
 ENCODER = json.JSONEncoder(separators=(",", ":"), default=encodable)
@@ -240,7 +234,7 @@ class InferenceLog:
                 )
             return False
         ts = time.time()
-        values = (request_id, model_name, model_version, run_id, plain(inputs), plain(predictions))
+        values = (request_id, model_name, model_version, run_id, inputs, predictions)
         try:
             rest = ENCODER.encode(dict(zip(LOG_FIELDS[1:], values, strict=True)))  # every field but the time stamp
         except (TypeError, ValueError) as e:

@@ -22,28 +22,11 @@ import numpy as np
 import onnxruntime
 from skl2onnx import to_onnx
 from sklearn.base import is_classifier
-from sklearn.ensemble import (
-    ExtraTreesClassifier,
-    ExtraTreesRegressor,
-    GradientBoostingClassifier,
-    GradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
 from sklearn.tree import BaseDecisionTree
 
 log = logging.getLogger("model-server")
 RUNTIME = "onnxruntime"
 SKLEARN = "scikit-learn"
-TREE_MODELS = (
-    BaseDecisionTree,  # DecisionTree* and ExtraTree*
-    RandomForestClassifier,
-    RandomForestRegressor,
-    ExtraTreesClassifier,
-    ExtraTreesRegressor,
-    GradientBoostingClassifier,
-    GradientBoostingRegressor,
-)
 # ai.onnx.ml 3: the first opset whose tree ensembles take double thresholds and outputs.
 OPSETS = {"": 17, "ai.onnx.ml": 3}
 RANDOM_ROWS = 100_000
@@ -81,7 +64,11 @@ class Compiled:
 
 
 def trees(model: Any) -> list[Any]:
-    return [model] if isinstance(model, BaseDecisionTree) else list(np.ravel(model.estimators_))
+    """The decision trees of a tree model (a tree, a forest, boosted trees); [] for any other model."""
+    if isinstance(model, BaseDecisionTree):
+        return [model]
+    found = list(np.ravel(getattr(model, "estimators_", [])))
+    return found if found and all(isinstance(t, BaseDecisionTree) for t in found) else []
 
 
 def check_rows(model: Any, example: Any = None, random_rows: int = RANDOM_ROWS, seed: int = 0) -> np.ndarray:
@@ -155,7 +142,7 @@ def compile_model(
     answers (the log says which rows differed), or it failed. A double-precision conversion is tried first (it keeps
     scikit-learn's float64 thresholds), then a single-precision one (ONNX Runtime runs some ensembles only so).
     `session` replaces the conversion (tests: a deliberately wrong copy)."""
-    if not isinstance(model, TREE_MODELS):
+    if not trees(model):
         return None
     name = type(model).__name__
     try:
@@ -177,15 +164,8 @@ def compile_model(
             log.info("model-server: %s serves %s (same answers on %d checked rows)", RUNTIME, name, len(rows))
             return compiled
         shown = "; ".join(f"row {rows[i].tolist()}: scikit-learn {expected[i]}, {RUNTIME} {got[i]}" for i in bad[:10])
-        log.warning(
-            "model-server: the %s copy of %s differs from scikit-learn on %d of %d checked rows (%s): %s",
-            RUNTIME,
-            name,
-            bad.size,
-            len(rows),
-            "first 10" if bad.size > 10 else "all",
-            shown,
-        )
+        message = "model-server: the %s copy of %s differs from scikit-learn on %d of %d checked rows (%s): %s"
+        log.warning(message, RUNTIME, name, bad.size, len(rows), "first 10" if bad.size > 10 else "all", shown)
         if session is not None:
             break
     log.warning("model-server: serving %s with scikit-learn", name)
