@@ -59,6 +59,8 @@ def main() -> None:
         *("--serve-artifacts", "--host", settings.mlflow_host, "--port", str(settings.mlflow_port)),
         *("--workers", str(settings.mlflow_workers), "--allowed-hosts", settings.mlflow_allowed_hosts),
     ]
+    # MLflow reads this one itself; its default (on) would start the job runner's processes.
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = str(settings.mlflow_server_enable_job_execution).lower()
     if settings.mlflow_auth:
         os.environ.update(auth(settings, data))  # for MLflow's auth app, in the process exec'd below
         args += ["--app-name", "basic-auth"]

@@ -133,6 +133,7 @@ class TrackingSettings(BaseSettings):
     mlflow_auth_admin_username: str = "admin"
     mlflow_auth_admin_password: SecretStr = SecretStr("")
     mlflow_metrics: Flag = True
+    mlflow_server_enable_job_execution: Flag = False  # MLflow's GenAI job runner: unused here, a set of processes
 
     @field_validator("mlflow_data_dir")
     @classmethod
