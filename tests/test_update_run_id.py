@@ -233,7 +233,7 @@ def fake_server() -> Iterator[FakeServer]:
         searches: list[bytes] = []
         handler = type("H", (_Handler,), {"get_answer": get, "post_answer": post, "delay": delay, "searches": searches})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # shutdown() waits one poll
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}", searches
 
