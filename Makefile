@@ -13,7 +13,7 @@ export COMPOSE_BAKE := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help env venv demo up down append-data drift-demo logs local-demo local-up local-down local-status local-restart-model \
+.PHONY: help env venv demo up down append-data predict-batch drift-demo logs local-demo local-up local-down local-status local-restart-model \
         scale-env scale-demo scale-up scale-down monitoring-env monitoring-up monitoring-down screenshots test test-fast lint format bench clean
 
 help: ## show the targets
@@ -52,6 +52,10 @@ down: ## compose: stop the stack (volumes, i.e. runs, models and history, are ke
 append-data: env $(SCRIPTS_VENV)/.synced ## on a running stack: append labeled rows (FILE=rows.csv) to the training data; mlops_pipeline retrains
 	@test -n "$(FILE)" || { echo "usage: make append-data FILE=rows.csv (the training data's header: docs/inference-log.md)" >&2; exit 2; }
 	$(SCRIPTS_VENV)/bin/python -m scripts.append_data "$(FILE)"
+
+predict-batch: env $(SCRIPTS_VENV)/.synced ## on a running stack: score a CSV file (FILE=rows.csv, OUT=dir) with the champion, in chunks
+	@test -n "$(FILE)" || { echo "usage: make predict-batch FILE=rows.csv [OUT=dir] (the Iris feature columns: docs/batch-predictions.md)" >&2; exit 2; }
+	$(SCRIPTS_VENV)/bin/python -m scripts.predict_batch "$(FILE)" $(if $(OUT),--out "$(OUT)")
 
 drift-demo: env $(SCRIPTS_VENV)/.synced ## on a running stack (after make demo): normal then shifted traffic, drift checks, labeled rows, retrain
 	$(SCRIPTS_VENV)/bin/python -m scripts.drift_demo

@@ -15,9 +15,11 @@ IRIS_ROWS = 150  # the seeded rows: data.split() splits them as it did before th
 
 EXPERIMENT = "mlops_pipeline"  # where training runs are logged (MLFLOW_EXPERIMENT_NAME's default)
 MONITORING_EXPERIMENT = "mlops_monitoring"  # where drift checks are logged
+BATCH_EXPERIMENT = "mlops_batch"  # where batch scoring runs are logged
 MODEL_NAME = "iris-classifier"  # the registered model (REGISTERED_MODEL_NAME's default)
 CHAMPION = "champion"  # the registry alias the gate moves and the model-server follows
 MODEL_ARTIFACT = "model"  # the original tutorial serves runs:/<run_id>/model
+BATCH_PREDICTIONS = "batch_predictions"  # the Airflow asset a batch_predict run updates with its output
 TRAINING_DATA_NAME = "iris_training_data"  # the Airflow asset's name and the MLflow dataset's
 EVALUATION_DATA_NAME = "iris_held_out"  # the held-out rows a run is judged on (MLflow dataset, context evaluation)
 REFERENCE_ARTIFACT = "reference/train.csv"  # a run's training rows, for a monitor to compare served inputs with

@@ -67,6 +67,14 @@ class TrainSettings(Settings, DataSettings):
         return None if isinstance(value, str) and value.strip().lower() == "none" else value
 
 
+class BatchSettings(Settings, DataSettings):
+    """The batch_predict DAG's: where its files live and how many rows one task scores (docs/batch-predictions.md)."""
+
+    batch_root: str = ""  # empty: $AIRFLOW_HOME/batch; a URL (s3://bucket/prefix): Airflow's object storage
+    batch_conn_id: str = ""  # the Airflow connection for that URL (keys, endpoint)
+    batch_chunk_rows: PositiveInt = 250_000
+
+
 class LogSettings(Settings):
     """Where the inference log lives: files by date in a folder, or the scale variant's PostgreSQL table."""
 

@@ -110,9 +110,16 @@ class Airflow:
         answer = self.call("GET", f"/dags/{dag_id}/dagRuns?order_by=-run_after&limit=100")
         return answer.get("dag_runs", [])
 
-    def task_log_lines(self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1) -> list:
+    def failed(self, dag_id: str, dag_run_id: str) -> list[dict]:
+        """The run's failed task instances (task_id, map_index, try_number), in the order they ran."""
+        answer = self.call("GET", f"{self.run_path(dag_id, dag_run_id)}/taskInstances?state=failed&order_by=start_date")
+        return answer["task_instances"]
+
+    def task_log_lines(
+        self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> list:
         """A task try's log: text lines, and structured lines as dicts (Airflow answers JSON only when asked)."""
-        path = f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/logs/{try_number}"
+        path = f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/logs/{try_number}?map_index={map_index}"
         headers = {**self.headers, "Accept": "application/json"}
         status, answer = http("GET", f"{self.base}/api/v2{path}", headers=headers)
         if status != 200 or not isinstance(answer, dict):
@@ -120,10 +127,12 @@ class Airflow:
         content = answer.get("content", "")
         return content if isinstance(content, list) else str(content).splitlines()
 
-    def task_error(self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1) -> dict | None:
+    def task_error(
+        self, dag_id: str, dag_run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> dict | None:
         """The exception a failed task try ended with, as its structured log records it ({"exc_type": ...,
         "exc_value": ...}), or None."""
-        lines = self.task_log_lines(dag_id, dag_run_id, task_id, try_number)
+        lines = self.task_log_lines(dag_id, dag_run_id, task_id, try_number, map_index)
         errors = [e for line in lines if isinstance(line, dict) for e in line.get("error_detail") or []]
         return errors[-1] if errors else None
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import hypothesis
@@ -325,6 +326,25 @@ def tracking_server() -> str:
 def trained_run(tracking_server: str) -> str:
     """One real training run (default settings) in the default experiment."""
     return train_run(tracking_server)
+
+
+@pytest.fixture
+def champion(tracking_server: str, trained_run: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:
+    """A registered model of its own (name, version, run ID) whose champion is the session's trained run; the
+    environment names it (REGISTERED_MODEL_NAME) and pushes nothing."""
+    import mlflow
+
+    from mlops_pipeline import registry
+    from mlops_pipeline.settings import TrainSettings, from_env
+
+    name = f"model-{datetime.now(UTC):%H%M%S%f}"
+    monkeypatch.setenv("REGISTERED_MODEL_NAME", name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    monkeypatch.setenv("PUSHGATEWAY_URL", "")
+    mlflow.set_tracking_uri(tracking_server)
+    result = registry.register_and_promote(trained_run, from_env(TrainSettings, min_accuracy=0))
+    assert result["promoted"]
+    return name, str(result["version"]), trained_run
 
 
 def train_run(tracking_server: str, experiment: str = "mlops_pipeline", **settings: object) -> str:

@@ -30,7 +30,7 @@ def test_no_import_errors(dagbag) -> None:  # noqa: ANN001
 
 
 def test_dag_shape(dagbag, training_data: Path) -> None:  # noqa: ANN001
-    assert set(dagbag.dags) == {"mlops_pipeline", "append_training_data", "monitor_model"}
+    assert set(dagbag.dags) == {"mlops_pipeline", "append_training_data", "monitor_model", "batch_predict"}
     dag = dagbag.dags["mlops_pipeline"]
     # Runs when the training data file's asset gets an event (and on Trigger, as every DAG does).
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
@@ -63,12 +63,25 @@ def test_parsing_does_not_import_heavy_libraries(tmp_path: Path) -> None:
     )
     data = tmp_path / "iris.csv"
     env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "TRAINING_DATA_PATH": str(data)}
-    files = [str(DAGS / name) for name in ("ml_pipeline.py", "monitor_model.py", "append_training_data.py")]
+    files = [
+        str(DAGS / name)
+        for name in ("ml_pipeline.py", "monitor_model.py", "append_training_data.py", "batch_predict.py")
+    ]
     result = subprocess.run([sys.executable, "-c", code, *files], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     found = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('["')]
     assert found == [[path, []] for path in files]
     assert not data.exists()
+
+
+def test_batch_predict_maps_one_scoring_task_per_chunk(dagbag) -> None:  # noqa: ANN001
+    """plan -> score (mapped over plan's chunks) -> combine, which updates the batch_predictions asset."""
+    dag = dagbag.dags["batch_predict"]
+    downstream = {t.task_id: {d.task_id for d in t.downstream_list} for t in dag.tasks}
+    assert downstream == {"plan": {"score", "combine"}, "score": {"combine"}, "combine": set()}
+    assert type(dag.get_task("score")).__name__.endswith("MappedOperator")
+    assert [a.name for a in dag.get_task("combine").outlets] == ["batch_predictions"]
+    assert dag.get_task("plan").retries == 0 and dag.params["input"] == ""
 
 
 def test_the_monitor_checks_hourly_one_run_at_a_time_and_takes_a_minimum(dagbag, monkeypatch) -> None:  # noqa: ANN001

@@ -16,11 +16,11 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.datasets import load_iris
 
-from mlops_pipeline import data, registry, train
+from mlops_pipeline import data, train
 from mlops_pipeline.monitoring import drift
 from mlops_pipeline.schema import CHAMPION, FEATURE_NAMES, LABEL_COLUMN, MONITORING_EXPERIMENT, ConfigError
 from mlops_pipeline.serving.inference_log import InferenceLog
-from mlops_pipeline.settings import MonitorSettings, TrainSettings, from_env
+from mlops_pipeline.settings import MonitorSettings, from_env
 
 FEATURES = list(FEATURE_NAMES)
 
@@ -78,19 +78,6 @@ def test_metric_keys_are_ones_mlflow_accepts() -> None:
 
 
 # --- A whole check against a real tracking server -------------------------------------------------------------
-
-
-@pytest.fixture
-def champion(tracking_server: str, trained_run: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:
-    """A registered model of its own (name, version, run ID) whose champion is the session's trained run."""
-    name = f"drift-{datetime.now(UTC):%H%M%S%f}"
-    monkeypatch.setenv("REGISTERED_MODEL_NAME", name)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
-    monkeypatch.setenv("PUSHGATEWAY_URL", "")
-    mlflow.set_tracking_uri(tracking_server)
-    result = registry.register_and_promote(trained_run, from_env(TrainSettings, min_accuracy=0))
-    assert result["promoted"]
-    return name, str(result["version"]), trained_run
 
 
 def monitor_settings(directory: Path, min_rows: int) -> MonitorSettings:

@@ -40,6 +40,9 @@ HELP = {  # every gauge pushed, with its help text
     "mlops_drift_rows": "Logged rows the last drift check compared.",
     "mlops_drift_model_version": "Registry version the last drift check looked at.",
     "mlops_drift_check_timestamp_seconds": "When the last drift check ended (Unix time).",
+    "mlops_batch_rows_scored": "Rows the last batch_predict run scored.",
+    "mlops_batch_rows_rejected": "Rows the last batch_predict run refused (the row schema).",
+    "mlops_batch_duration_seconds": "How long the last batch_predict run took, from its start to its output.",
 }
 
 
@@ -97,3 +100,13 @@ def drift_checked(url: str, model: str, version: str, figures: dict[str, float],
     }
     if push("mlops_drift", {"model": model}, values, url):
         log.info("pipeline metrics: pushed the drift check of %s version %s", model, version)
+
+
+def batch_scored(url: str, model: str, counts: dict[str, int], duration: float) -> None:
+    """After a batch_predict run wrote its output (batch.combine)."""
+    values = {
+        "mlops_batch_rows_scored": float(counts["scored"]),
+        "mlops_batch_rows_rejected": float(counts["rejected"]),
+        "mlops_batch_duration_seconds": duration,
+    }
+    push("mlops_batch", {"model": model}, values, url)

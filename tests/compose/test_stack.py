@@ -12,12 +12,14 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import requests
 import yaml
 
 from conftest import ROOT, ComposeProject, keep_alive_ms, metric_value, require_docker_engine, training_runs
-from mlops_pipeline.schema import FEATURE_NAMES, LABEL_COLUMN
+from mlops_pipeline.schema import FEATURE_NAMES, LABEL_COLUMN, MODEL_NAME
 from scripts.make_env import SECRET_KEYS
 from scripts.stackclient import mlflow_login, registry_champion
 from scripts.stackenv import COMPOSE_CORE, read_env_file, wait_for
@@ -40,7 +42,7 @@ class Stack(ComposeProject):
     """The default stack's compose project, made for this test module."""
 
     def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, PROJECT)
+        super().__init__(workdir, PROJECT, BATCH_CHUNK_ROWS="300")  # 1,000 rows: 4 mapped scoring tasks
         self.expected_runs = 1  # finished MLflow runs = successful DAG runs so far
         grafana = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]["image"]
         self.grafana = self.run("docker", "image", "inspect", grafana, check=False).returncode == 0
@@ -466,6 +468,61 @@ def test_5b3_appended_labeled_rows_retrain_through_the_asset_and_bad_rows_change
     stack.expected_runs += 1  # the asset-triggered run
     assert "3 rows appended" in appended.stdout and "started by the asset event" in appended.stdout
     assert "version" in appended.stdout.splitlines()[-1]
+
+
+def test_5b4_predict_batch_scores_a_file_as_scikit_learn_and_names_the_refused_rows(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """make predict-batch: 1,000 rows (Iris, then random rows in its ranges) scored in 4 chunks equal scikit-learn's
+    predict of the champion row for row; 3 bad rows among 100 go to the rejects file, 97 are scored; a second run
+    leaves one output with the same rows; a missing and an empty file fail with their message and no output."""
+    import mlflow
+    from sklearn.datasets import load_iris
+
+    x = load_iris().data
+    rng = np.random.default_rng(3)
+    x = np.concatenate([x, rng.uniform(x.min(axis=0), x.max(axis=0), (850, 4)).round(2)])
+    frame = pd.DataFrame(x, columns=list(FEATURE_NAMES)).assign(id=[f"{i:04d}" for i in range(1000)])
+    rows = tmp_path / "rows.csv"
+    frame.to_csv(rows, index=False)
+    script = [str(ROOT / ".venv" / "bin" / "python"), "-m", "scripts.predict_batch"]
+    done = stack.run(*script, str(rows), check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rows in 1000, scored 1000, rejected 0" in done.stdout
+    status, version = registry_champion(stack.mlflow_url, None, mlflow_login(stack.cfg))
+    assert status == 200 and f"(model version {version}," in done.stdout
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}", tracking_uri=stack.mlflow_url)
+    expected = mlflow.sklearn.load_model(local).predict(x)
+    out = pd.read_csv(tmp_path / "rows.predictions.csv", dtype={"id": str})
+    assert out["id"].tolist() == frame["id"].tolist() and out["prediction"].tolist() == expected.tolist()
+    assert set(out["model_version"].astype(str)) == {version} and not (tmp_path / "rows.rejected.csv").exists()
+    airflow = stack.airflow()
+    last = airflow.run_path("batch_predict", airflow.runs("batch_predict")[0]["dag_run_id"])
+    instances = airflow.call("GET", f"{last}/taskInstances")["task_instances"]
+    assert sorted(ti["map_index"] for ti in instances if ti["task_id"] == "score") == [0, 1, 2, 3]
+
+    again = stack.run(*script, str(rows), "--out", str(tmp_path / "again"), check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    first, second = tmp_path / "rows.predictions.csv", tmp_path / "again" / "rows.predictions.csv"
+    assert second.read_bytes() == first.read_bytes()
+    listed = stack.compose("exec", "-T", "airflow-scheduler", "find", "/opt/airflow/batch/output", "-type", "f")
+    assert sorted(listed.stdout.split()) == [f"/opt/airflow/batch/output/rows/v{version}/predictions.csv"]
+
+    bad = frame.head(100).astype(str)
+    bad.loc[[3, 40, 77], "petal width (cm)"] = ["x", "", "nan"]
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    done = stack.run(*script, str(tmp_path / "bad.csv"), check=False)
+    assert done.returncode == 0 and "rows in 100, scored 97, rejected 3" in done.stdout, done.stdout + done.stderr
+    rejected = pd.read_csv(tmp_path / "bad.rejected.csv", dtype=str, keep_default_na=False)
+    assert rejected["row"].tolist() == ["4", "41", "78"] and rejected["id"].tolist() == ["0003", "0040", "0077"]
+    assert rejected["reason"][0] == "petal width (cm) is 'x', not a finite number"
+
+    (tmp_path / "empty.csv").write_text("")
+    empty = stack.run(*script, str(tmp_path / "empty.csv"), check=False)
+    assert empty.returncode != 0 and "empty.csv: the file is empty" in empty.stderr, empty.stdout + empty.stderr
+    missing = stack.run(*script, str(tmp_path / "nowhere.csv"), check=False)
+    assert missing.returncode != 0 and "nowhere.csv: no such file" in missing.stderr
+    assert not (tmp_path / "empty.predictions.csv").exists()
 
 
 def test_5c_training_survives_a_tracking_server_outage(stack: Stack) -> None:
