@@ -21,7 +21,7 @@ import yaml
 from conftest import ROOT, ComposeProject, keep_alive_ms, metric_value, require_docker_engine, training_runs
 from mlops_pipeline.schema import FEATURE_NAMES, LABEL_COLUMN, MODEL_NAME
 from scripts.make_env import SECRET_KEYS
-from scripts.stackclient import mlflow_login, registry_champion
+from scripts.stackclient import mlflow_login, registry_champion, registry_champion_version
 from scripts.stackenv import COMPOSE_CORE, read_env_file, wait_for
 from scripts.ui_flow import require_chromium, run_ui_flow
 
@@ -489,9 +489,12 @@ def test_5b4_predict_batch_scores_a_file_as_scikit_learn_and_names_the_refused_r
     done = stack.run(*script, str(rows), check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rows in 1000, scored 1000, rejected 0" in done.stdout
-    status, version = registry_champion(stack.mlflow_url, None, mlflow_login(stack.cfg))
+    status, champion = registry_champion_version(stack.mlflow_url, None, mlflow_login(stack.cfg))
+    version = champion["version"]
     assert status == 200 and f"(model version {version}," in done.stdout
-    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}", tracking_uri=stack.mlflow_url)
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    where = client.get_model_version_download_uri(MODEL_NAME, version)  # the champion's model files
+    local = mlflow.artifacts.download_artifacts(where, tracking_uri=stack.mlflow_url)
     expected = mlflow.sklearn.load_model(local).predict(x)
     out = pd.read_csv(tmp_path / "rows.predictions.csv", dtype={"id": str})
     assert out["id"].tolist() == frame["id"].tolist() and out["prediction"].tolist() == expected.tolist()
