@@ -1,7 +1,7 @@
-"""One-shot: create the S3 bucket the tracking server keeps its artifacts in (the scale-out variant's
-`create-bucket` service). Idempotent: an existing bucket is left as it is.
+"""One-shot: create the S3 buckets of the scale-out variant (its `create-bucket` service): the tracking server's
+artifacts and batch_predict's files. Idempotent: an existing bucket is left as it is.
 
-Usage: python create_bucket.py ENDPOINT BUCKET      e.g. http://seaweedfs:8333 mlflow
+Usage: python create_bucket.py ENDPOINT BUCKET...     e.g. http://seaweedfs:8333 mlflow batch
   The keys: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, boto3's standard variables (boto3 reads them).
 
 It does not wait for the endpoint: compose starts it once seaweedfs is healthy (`depends_on: service_healthy`).
@@ -17,9 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 
-def main(endpoint: str, bucket: str) -> int:
-    retries = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5)
-    s3 = boto3.client("s3", endpoint_url=endpoint, config=retries)
+def create(s3: object, endpoint: str, bucket: str) -> int:
     try:
         s3.head_bucket(Bucket=bucket)
         print(f"create-bucket: s3://{bucket} exists at {endpoint}")
@@ -41,5 +39,11 @@ def main(endpoint: str, bucket: str) -> int:
     return 0
 
 
+def main(endpoint: str, *buckets: str) -> int:
+    retries = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5)
+    s3 = boto3.client("s3", endpoint_url=endpoint, config=retries)
+    return max(create(s3, endpoint, bucket) for bucket in buckets)
+
+
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]) if len(sys.argv) == 3 else __doc__.split("Usage: ")[1].splitlines()[0])
+    sys.exit(main(*sys.argv[1:]) if len(sys.argv) >= 3 else __doc__.split("Usage: ")[1].splitlines()[0])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import re
 import shutil
 import sys
@@ -65,7 +66,6 @@ def publish(path: Any, write: Any) -> None:  # noqa: ANN401
     if isinstance(path, Path):
         data.atomic_write(path, write)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as f:
             write(f)
 
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or args[0] not in ("put", "get"):
         print("usage: python -m mlops_pipeline.batch put NAME < file | get PATH > file", file=sys.stderr)
         return 2
+    # stdout carries the file's bytes only: what libraries print (Airflow's log lines) goes to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     base = root(from_env(BatchSettings))
     try:
         if args[0] == "put":
@@ -247,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             relative = Path(args[1])
             if relative.is_absolute() or ".." in relative.parts:
                 raise DataError(f"{args[1]!r} is not a path under BATCH_ROOT")
-            with (base / args[1]).open("rb") as f:
-                shutil.copyfileobj(f, sys.stdout.buffer, BLOCK)
+            with (base / args[1]).open("rb") as f, out:
+                shutil.copyfileobj(f, out, BLOCK)
     except (DataError, OSError) as exc:
         print(f"batch: {exc}", file=sys.stderr)
         return 1

@@ -65,11 +65,13 @@ GENERATED: dict[str, Callable[[], str]] = {
     "REDIS_PASSWORD": hex_secret(24),
     "S3_ACCESS_KEY_ID": access_key_id,
     "S3_SECRET_ACCESS_KEY": hex_secret(20),
+    "S3_BATCH_ACCESS_KEY_ID": access_key_id,
+    "S3_BATCH_SECRET_ACCESS_KEY": hex_secret(20),
     # The monitoring profile's (Grafana's admin).
     "GRAFANA_ADMIN_PASSWORD": url_secret(18),
 }
 # The generated keys that are secrets (they must never leak); an access key ID only names its key.
-SECRET_KEYS = tuple(key for key in GENERATED if key != "S3_ACCESS_KEY_ID")
+SECRET_KEYS = tuple(key for key in GENERATED if not key.endswith("ACCESS_KEY_ID"))
 
 
 def generated_secrets() -> dict[str, str]:

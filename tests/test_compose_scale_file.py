@@ -7,12 +7,14 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import ROOT, make_env_file, require_compose
 from scripts.make_env import SECRET_KEYS
+from scripts.stackenv import read_env_file
 
 BASE = ROOT / "docker-compose.yml"
 SCALE = ROOT / "docker-compose.scale.yml"
@@ -36,10 +38,15 @@ def compose(env_file: os.PathLike, *args: str, env: dict[str, str] | None = None
 
 
 @pytest.fixture(scope="module")
-def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh .env, made as `make env` makes it."""
+    return make_env_file(tmp_path_factory.mktemp("env") / ".env")
+
+
+@pytest.fixture(scope="module")
+def resolved(env_file: Path) -> dict:
     """`docker compose config` of both files for a fresh .env (Flower's profile on), i.e. what Compose runs."""
     require_compose()
-    env_file = make_env_file(tmp_path_factory.mktemp("env") / ".env")
     result = compose(env_file, "--profile", "flower", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -108,13 +115,27 @@ def test_celery_postgres_and_s3_settings(resolved: dict) -> None:
     assert mlflow["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
 
 
-def test_only_the_tracking_server_reaches_the_store_or_holds_its_keys(resolved: dict) -> None:
-    services = resolved["services"]
+def holding(services: dict, secret: str) -> set[str]:
+    """The services whose environment carries `secret`."""
+    return {name for name, s in services.items() if secret in json.dumps(s.get("environment") or {})}
+
+
+def test_only_the_tracking_server_holds_the_artifact_keys_and_the_workers_only_the_batch_keys(
+    resolved: dict, env_file: Path
+) -> None:
+    """The admin identity (the artifacts) stays with mlflow-server and create-bucket; the scheduler and the workers
+    reach the store with the batch identity only, which SeaweedFS confines to the batch bucket."""
+    services, env = resolved["services"], read_env_file(env_file)
     assert resolved["networks"]["artifacts"].get("internal") is True
     on_store_network = {name for name, s in services.items() if "artifacts" in (s.get("networks") or {})}
-    assert on_store_network == {"seaweedfs", "create-bucket", "mlflow-server"}
-    with_keys = {name for name, s in services.items() if "AWS_SECRET_ACCESS_KEY" in (s.get("environment") or {})}
-    assert with_keys == {"seaweedfs", "create-bucket", "mlflow-server"}
+    assert on_store_network == {"seaweedfs", "create-bucket", "mlflow-server", "airflow-scheduler", "airflow-worker"}
+    assert holding(services, env["S3_SECRET_ACCESS_KEY"]) == {"seaweedfs", "create-bucket", "mlflow-server"}
+    assert holding(services, env["S3_BATCH_SECRET_ACCESS_KEY"]) == {"seaweedfs", "airflow-scheduler", "airflow-worker"}
+    worker = services["airflow-worker"]["environment"]
+    assert worker["BATCH_ROOT"] == "s3://batch" and worker["BATCH_CONN_ID"] == "batch_storage"
+    connection = json.loads(worker["AIRFLOW_CONN_BATCH_STORAGE"])
+    assert connection["extra"]["endpoint_url"] == "http://seaweedfs:8333" and connection["conn_type"] == "aws"
+    assert services["create-bucket"]["command"][-2:] == ["mlflow", "batch"]
     for name in ("airflow-worker", "model-server"):
         assert services[name]["environment"]["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] == "false", name
 

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from conftest import ROOT, ComposeProject, require_docker_engine, training_runs
+from mlops_pipeline.schema import FEATURE_NAMES
 from scripts.make_env import SECRET_KEYS
 from scripts.stackclient import Airflow
 from scripts.stackenv import read_env_file, wait_for
@@ -49,7 +50,7 @@ class ScaleStack(ComposeProject):
         # Airflow's OpenTelemetry metrics on (the default stack's suite runs with them off): every run of this suite
         # shows that the switch costs no run. The stand-in Prometheus cannot receive them (docs/monitoring.md).
         files = ("docker-compose.yml", "docker-compose.scale.yml")
-        super().__init__(workdir, PROJECT, files, AIRFLOW_OTEL_METRICS="true")
+        super().__init__(workdir, PROJECT, files, AIRFLOW_OTEL_METRICS="true", BATCH_CHUNK_ROWS="300")
         self.images = [f"{PROJECT}-airflow:latest-scale", f"{PROJECT}-mlflow:latest-scale"]
         self.dag_runs: list[str] = []  # successful DAG runs so far, in order
         self.started = 0.0
@@ -74,6 +75,10 @@ class ScaleStack(ComposeProject):
     def task_instances(self, dag_run: str, airflow: Airflow | None = None) -> list[dict]:
         path = f"/dags/{DAG}/dagRuns/{dag_run}/taskInstances"
         return (airflow or self.airflow()).call("GET", path)["task_instances"]
+
+    def host_client_env(self) -> dict[str, str]:
+        """What an MLflow client on the host needs to load this variant's models (docs/scale-out.md)."""
+        return {**self.env, "MLFLOW_TRACKING_URI": self.mlflow_url, "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
 
     def predict(self) -> requests.Response:
         return requests.post(f"{self.model_url}/invocations", json=SEED_PAYLOAD, timeout=30)
@@ -236,15 +241,37 @@ def test_1d_redis_and_the_bucket_refuse_strangers(stack: ScaleStack) -> None:
     assert "anonymous: 403" in out and "SignatureDoesNotMatch" in out, out
 
 
-def test_1e_workers_and_the_model_server_have_no_s3_keys_and_no_route_to_the_store(stack: ScaleStack) -> None:
-    """Proxied artifacts: only mlflow-server (and the one-shot create-bucket) can reach SeaweedFS or know its keys."""
+def test_1e_only_the_tracking_server_holds_the_artifact_keys_and_the_batch_keys_open_one_bucket(
+    stack: ScaleStack,
+) -> None:
+    """Proxied artifacts: only mlflow-server (and the one-shot create-bucket) know the admin's keys; the model-server
+    cannot reach SeaweedFS at all. The scheduler and the workers reach it with the batch identity, which SeaweedFS
+    lets into batch_predict's bucket and refuses on the artifact bucket."""
     secret = stack.cfg["S3_SECRET_ACCESS_KEY"]
     for service in [*AIRFLOW, "model-server"]:
         for name in stack.names(service):
             env = stack.inspect(name)["Config"]["Env"]
             assert not [e for e in env if e.startswith("AWS_") or secret in e], name
+    for service in ("model-server", "airflow-webserver", "airflow-dag-processor"):
         assert stack.sh(service, "getent hosts seaweedfs", check=False).returncode != 0, f"{service} reaches seaweedfs"
-    assert stack.sh("mlflow-server", "getent hosts seaweedfs").returncode == 0
+    probe = textwrap.dedent(
+        """
+        import json, os, sys
+        import boto3
+        key = json.loads(os.environ["AIRFLOW_CONN_BATCH_STORAGE"])
+        s3 = boto3.client("s3", endpoint_url="http://seaweedfs:8333", region_name="us-east-1",
+                          aws_access_key_id=key["login"], aws_secret_access_key=key["password"])
+        for bucket in sys.argv[1:]:
+            try:
+                s3.list_objects_v2(Bucket=bucket)
+                print(bucket, "allowed")
+            except Exception as e:
+                print(bucket, type(e).__name__, e)
+        """
+    )
+    buckets = [stack.cfg["S3_BATCH_BUCKET"], stack.cfg["S3_BUCKET"]]
+    out = stack.compose("exec", "-T", "airflow-worker", "python", "-c", probe, *buckets).stdout
+    assert f"{buckets[0]} allowed" in out and "AccessDenied" in out.split(buckets[1], 1)[1], out
 
 
 def test_2_the_seed_flow_end_to_end(stack: ScaleStack) -> None:
@@ -406,6 +433,56 @@ def test_3d_drift_demo_on_celery_workers_reading_the_table(stack: ScaleStack) ->
     stack.dag_runs += [r["dag_run_id"] for r in airflow.runs(DAG) if r["dag_run_id"] not in before]
 
 
+def test_3e_predict_batch_spreads_its_chunks_over_both_workers_and_keeps_its_files_in_the_bucket(
+    stack: ScaleStack, tmp_path: Path
+) -> None:
+    """make predict-batch on the variant: 1,000 rows in 4 chunks (BATCH_CHUNK_ROWS=300) scored on both workers as
+    scikit-learn scores them; the input and the output are objects in batch_predict's bucket."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_iris
+
+    x = load_iris().data
+    x = np.concatenate([x, np.random.default_rng(5).uniform(x.min(axis=0), x.max(axis=0), (850, 4)).round(2)])
+    frame = pd.DataFrame(x, columns=list(FEATURE_NAMES)).assign(id=[f"{i:04d}" for i in range(1000)])
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    script = [str(ROOT / ".venv" / "bin" / "python"), "-m", "scripts.predict_batch", str(tmp_path / "rows.csv")]
+    done = stack.run(*script, check=False)
+    assert done.returncode == 0 and "rows in 1000, scored 1000, rejected 0" in done.stdout, done.stdout + done.stderr
+    version = re.search(r"model version (\d+),", done.stdout).group(1)
+    # scikit-learn's own predict of that version, loaded as a client on the host loads it (docs/scale-out.md).
+    load = (
+        f"import json, sys, mlflow, pandas; model = mlflow.sklearn.load_model('models:/iris-classifier/{version}'); "
+        "rows = pandas.read_csv(sys.argv[1])[sys.argv[2:]].to_numpy(); print(json.dumps(model.predict(rows).tolist()))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", load, str(tmp_path / "rows.csv"), *FEATURE_NAMES],
+        env=stack.host_client_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    out = pd.read_csv(tmp_path / "rows.predictions.csv", dtype={"id": str})
+    assert out["id"].tolist() == frame["id"].tolist() and out["prediction"].tolist() == json.loads(loaded.stdout)
+
+    airflow = stack.airflow()
+    last = airflow.run_path("batch_predict", airflow.runs("batch_predict")[0]["dag_run_id"])
+    scored = [ti for ti in airflow.call("GET", f"{last}/taskInstances")["task_instances"] if ti["task_id"] == "score"]
+    assert sorted(ti["map_index"] for ti in scored) == [0, 1, 2, 3]
+    hosts = {ti["hostname"] for ti in scored}
+    assert hosts == {stack.inspect(name)["Config"]["Hostname"] for name in stack.names("airflow-worker")}, hosts
+    listing = textwrap.dedent(
+        """
+        import json, os, sys
+        import boto3
+        key = json.loads(os.environ["AIRFLOW_CONN_BATCH_STORAGE"])
+        s3 = boto3.client("s3", endpoint_url="http://seaweedfs:8333", region_name="us-east-1",
+                          aws_access_key_id=key["login"], aws_secret_access_key=key["password"])
+        print(json.dumps([o["Key"] for o in s3.list_objects_v2(Bucket=sys.argv[1]).get("Contents", [])]))
+        """
+    )
+    keys = json.loads(stack.compose("exec", "-T", "airflow-worker", "python", "-c", listing, "batch").stdout)
+    assert sorted(keys) == ["input/rows.csv", f"output/rows/v{version}/predictions.csv"], keys
+
+
 def test_4_the_model_is_objects_in_the_bucket_not_files_on_a_volume(stack: ScaleStack) -> None:
     run = stack.finished_runs()[0]
     model_id = run["outputs"]["model_outputs"][0]["model_id"]
@@ -438,13 +515,9 @@ def test_5_postgres_and_seaweedfs_restart_and_the_stack_answers_again_by_itself(
         "import mlflow; model = mlflow.pyfunc.load_model('models:/iris-classifier@champion'); "
         "import numpy; print(model.predict(numpy.array([[5.1, 3.5, 1.4, 0.2]])).tolist())"
     )
-    client_env = {
-        **stack.env,
-        "MLFLOW_TRACKING_URI": stack.mlflow_url,
-        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
-    }
+    client = stack.host_client_env()
     loaded = subprocess.run(
-        [sys.executable, "-c", load], env=client_env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", load], env=client, cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[0]", loaded.stderr[-2000:]
     assert stack.predict().json() == {"predictions": [0]}
