@@ -22,6 +22,7 @@ TITLES = {
     "memory": "4. Memory and size",
     "recovery": "5. Recovery: the scheduler process killed during a DAG run",
     "drift-monitor": "6. Drift monitor: one monitor_model check over 100,000 logged rows",
+    "batch": "7. Batch scoring: batch_predict on 1,000,000 rows vs. one process, and its largest task's memory",
 }
 
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import compose_parts, monitoring_cost, report, serving
+from benchmarks import batch_part, compose_parts, monitoring_cost, report, serving
 from benchmarks.common import BENCH, AirflowError, BenchError, Stack, log, machine
 
 PARTS = (
@@ -37,6 +37,7 @@ PARTS = (
     "memory",
     "recovery",
     "drift-monitor",
+    "batch",
 )
 # the order they run in
 COMPOSE = (
@@ -47,6 +48,7 @@ COMPOSE = (
     "serving-vs-training",
     "training",
     "drift-monitor",
+    "batch",
     "recovery",
 )
 
@@ -148,6 +150,8 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
         if "drift-monitor" in wanted:
             part = "drift-monitor"
             results.attempt(part, lambda: results.add(part, compose_parts.drift_monitor(stack, args.runs)))
+        if "batch" in wanted:
+            results.attempt("batch", lambda: results.add("batch", batch_part.measure(stack, args.runs)))
         if "recovery" in wanted:
             results.attempt("recovery", lambda: results.add("recovery", compose_parts.recovery(stack, args.runs)))
     finally:

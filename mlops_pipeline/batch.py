@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import re
+import resource
 import shutil
 import sys
 import time
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 ADDED = ("prediction", "class_name", "model_version")  # the columns the output adds to the input's
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # an input's file name: no folders, nothing hidden
 BLOCK = 1 << 20
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory (the pages it shares with the process it was forked from included):
+    what make bench reports for the largest task."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def root(settings: BatchSettings) -> Any:  # noqa: ANN401 - a Path, or Airflow's ObjectStoragePath
@@ -135,6 +142,7 @@ def plan(settings: BatchSettings, name: str) -> dict[str, Any]:
         "input": name, "model": model, "version": str(champion.version), "model_run_id": champion.run_id,
         "rows": rows, "sha256": digest, "work": uuid.uuid4().hex, "started": started, "header": header.decode(),
     }  # fmt: skip
+    job["peak_mib"] = {"plan": peak_mib()}
     log.info("batch: %s, %d rows in %d chunks, %s version %s", path, rows, len(chunks), model, job["version"])
     return {"job": job, "chunks": [list(c) for c in chunks]}
 
@@ -182,7 +190,8 @@ def score(settings: BatchSettings, job: dict[str, Any], chunk: list[int]) -> dic
         reasons = frame.loc[refused].assign(reason=[p for _, p in problems]).rename_axis("row").reset_index()
         reasons = reasons[["row", "reason", *frame.columns]]
         publish(work / rejects, lambda f: reasons.to_csv(f, index=False, lineterminator="\n"))
-    return {"part": part, "rejects": rejects if problems else None, "scored": len(good), "rejected": len(refused)}
+    counts = {"scored": len(good), "rejected": len(refused), "peak_mib": peak_mib()}
+    return {"part": part, "rejects": rejects if problems else None, **counts}
 
 
 def join(parts: list[Any], f: IO[bytes]) -> None:
@@ -228,8 +237,9 @@ def combine(settings: BatchSettings, job: dict[str, Any], results: list[dict[str
         mlflow.log_metrics({**{k: float(v) for k, v in counts.items()}, "duration_seconds": duration})
     pipeline_metrics.batch_scored(settings.pushgateway_url, job["model"], counts, duration)
     log.info("batch: %s -> %s: %s in %.1f s (MLflow run %s)", source, output, counts, duration, run.info.run_id)
-    files = {"output": predictions, "rejects": rejected if refused else None}
-    return {**counts, **files, "version": job["version"], "duration_seconds": duration, "run": run.info.run_id}
+    files = {"output": predictions, "rejects": rejected if refused else None, "run": run.info.run_id}
+    peaks = {**job["peak_mib"], "score": max(r["peak_mib"] for r in results), "combine": peak_mib()}
+    return {**counts, **files, "version": job["version"], "duration_seconds": duration, "peak_mib": peaks}
 
 
 def main(argv: list[str] | None = None) -> int:

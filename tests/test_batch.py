@@ -66,6 +66,7 @@ def test_every_row_scored_by_the_champion_as_scikit_learn_scores_it(
     assert out["class_name"].tolist() == [CLASS_NAMES[p] for p in expected]
     assert set(out["model_version"].astype(str)) == {version}
     assert not list((batch.root(settings) / "work").rglob("*.csv"))  # the parts are gone
+    assert set(result["peak_mib"]) == {"plan", "score", "combine"} and min(result["peak_mib"].values()) > 10
     logged = mlflow.get_run(result["run"])
     assert logged.data.metrics["scored"] == 1000 and logged.data.params["model_version"] == version
     assert mlflow.get_experiment(logged.info.experiment_id).name == BATCH_EXPERIMENT
