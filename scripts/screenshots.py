@@ -21,9 +21,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from scripts.browser import UIFlowError, chromium_unavailable_reason
 from scripts.stackclient import http, mlflow_login
 from scripts.stackenv import SettingsError, settings, urls
-from scripts.ui_flow import UIFlowError, chromium_unavailable_reason, run_ui_flow
+from scripts.ui_flow import run_ui_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 # The screens the README and docs/ui-walkthrough.md show, by the names ui_flow gives them.

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port, make_env_file, stack_env
+from scripts.browser import require_chromium
 from scripts.screenshots import SCREENS, publish
 from scripts.stackclient import registry_champion
 from scripts.stackenv import read_env_file
-from scripts.ui_flow import require_chromium, run_ui_flow
+from scripts.ui_flow import run_ui_flow
 
 pytestmark = [pytest.mark.local, pytest.mark.browser]
 

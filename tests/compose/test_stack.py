@@ -20,10 +20,11 @@ import yaml
 
 from conftest import ROOT, ComposeProject, keep_alive_ms, metric_value, require_docker_engine, training_runs
 from mlops_pipeline.schema import FEATURE_NAMES, LABEL_COLUMN, MODEL_NAME
+from scripts.browser import require_chromium
 from scripts.make_env import SECRET_KEYS
 from scripts.stackclient import mlflow_login, registry_champion, registry_champion_version
 from scripts.stackenv import COMPOSE_CORE, read_env_file, wait_for
-from scripts.ui_flow import require_chromium, run_ui_flow
+from scripts.ui_flow import run_ui_flow
 
 pytestmark = pytest.mark.compose
 PROJECT = "mlopstest"
