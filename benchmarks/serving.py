@@ -352,7 +352,12 @@ def training_under_load(stack: Stack, runs: int, seconds: int, tmp: Path) -> tup
     interleaved; each run starts once the model-server serves the previous champion. hey on GET /ping alone and
     during one more DAG run gives the floor of the open-loop figures. The stack's memory first as the target says,
     after a serving load (wrk, then hey) and two DAG runs, and again after all of it."""
-    from compose_parts import champion_served, dag_run, idle_memory, no_other_runs  # the training part's helpers
+    from benchmarks.compose_parts import (  # the training part's helpers
+        champion_served,
+        dag_run,
+        idle_memory,
+        no_other_runs,
+    )
 
     part = "serving-vs-training"
     airflow = stack.airflow()
