@@ -7,12 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import ROOT, free_port, make_env_file, metric_value, stack_env, wait_until_up
+from mlops_pipeline.serving.metrics import PUBLISH_SECONDS
 from scripts.stackenv import read_env_file
 
 pytestmark = pytest.mark.local
@@ -60,6 +62,7 @@ def test_local_demo_end_to_end(tmp_path: Path) -> None:
         assert answer.json() == {"predictions": [0]}
         assert answer.headers["X-Model-Uri"] == "models:/iris-classifier/1"
         # Local mode's model-server counts for Prometheus too (model-server.sh's multiprocess directory).
+        time.sleep(2 * PUBLISH_SECONDS)  # every worker has published its counts (metrics.py): the scrape sees all
         scraped = requests.get(f"{model_url}/metrics", timeout=10).text
         assert metric_value(scraped, "model_server_requests_total", endpoint="/invocations", code="200") >= 1, scraped
 

@@ -137,9 +137,12 @@ def test_classes_are_counted_only_for_one_label_per_row() -> None:
     metrics.predicted(np.array([0.25, 0.5]))  # regression values: rows only
     metrics.predicted(np.array([[0.1, 0.9]]))  # probabilities: rows only
     metrics.predicted(np.arange(metrics.MAX_CLASSES + 1))  # too many distinct values to be classes
+    assert in_process("model_server_predicted_rows_total") == rows  # counted, not yet published
+    metrics.publish()
     assert by_class() == before
     assert in_process("model_server_predicted_rows_total") - rows == 2 + 1 + metrics.MAX_CLASSES + 1
     metrics.predicted(np.array(["setosa", "setosa"], dtype=object))
+    metrics.publish()
     assert by_class()["setosa"] - before.get("setosa", 0) == 2
 
 
@@ -198,6 +201,15 @@ def scrape(url: str) -> str:
     return conn.getresponse().read().decode()
 
 
+def published(url: str, name: str, expected: float, **labels: str) -> float:
+    """The scraped value once it reaches `expected` (each worker publishes its counts every PUBLISH_SECONDS), or
+    what it was after a second."""
+    deadline = time.monotonic() + 1
+    while (value := metric_value(scrape(url), name, **labels)) != expected and time.monotonic() < deadline:
+        time.sleep(metrics.PUBLISH_SECONDS / 2)
+    return value
+
+
 @pytest.mark.slow
 def test_two_workers_add_up_exactly_and_a_killed_worker_loses_nothing(two_workers: tuple[str, Path, int]) -> None:
     url, counts, master = two_workers
@@ -211,6 +223,7 @@ def test_two_workers_add_up_exactly_and_a_killed_worker_loses_nothing(two_worker
         if {f"counter_{pid}.db" for pid in worker_pids(master)} <= files:
             break
         assert sent < 10_000, f"one worker answered all {sent} requests: {files}"
+    assert published(url, "model_server_requests_total", sent, endpoint="/invocations", code="200") == sent
     for _ in range(5):  # whichever worker answers the scrape, it reports both
         assert requests_total(scrape(url), "/invocations", 200) == sent
     assert metric_value(scrape(url), "model_server_predicted_rows_total") == sent
@@ -227,7 +240,7 @@ def test_two_workers_add_up_exactly_and_a_killed_worker_loses_nothing(two_worker
     served = [v for _, v in samples(text, "model_server_model_info") if v]
     assert served == [1.0], samples(text, "model_server_model_info")
     assert send(url, 100) == [200] * 100
-    assert requests_total(scrape(url), "/invocations", 200) == sent + 100
+    assert published(url, "model_server_requests_total", sent + 100, endpoint="/invocations", code="200") == sent + 100
 
 
 @pytest.mark.slow
@@ -251,4 +264,4 @@ def test_a_burst_of_413s_is_counted_exactly_while_scraped(two_workers: tuple[str
         t.join()
     assert codes == [413] * 200
     assert seen == sorted(seen), "a scrape saw a total go down"
-    assert requests_total(scrape(url), "/invocations", 413) == 200
+    assert published(url, "model_server_requests_total", 200, endpoint="/invocations", code="413") == 200

@@ -172,10 +172,27 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
             watcher.recorder.start()  # its flusher thread, like the watcher's, belongs to this worker
         first_attempt = watcher.start()
         await asyncio.to_thread(first_attempt.wait, FIRST_LOAD_WAIT_SECONDS)
+        ticker = asyncio.create_task(tick())
         yield
+        ticker.cancel()
         watcher.stopped.set()
+        if counted:
+            metrics.publish()
         if watcher.recorder:
             watcher.recorder.close()  # a clean stop (SIGTERM) writes every recorded request
+
+    async def tick() -> None:
+        """Between requests, on this loop: what the requests counted and recorded goes on (metrics.py and
+        inference_log.py say why it waits for this)."""
+        while True:
+            await asyncio.sleep(metrics.PUBLISH_SECONDS)
+            try:
+                if counted:
+                    metrics.publish()
+                if watcher.recorder:
+                    watcher.recorder.encode_pending()
+            except Exception:  # the next tick tries again; a request never sees this
+                log.exception("model-server: publishing the counts or encoding the inference log failed")
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -1,19 +1,20 @@
 """The model-server's inference log: every scored request as one JSON line, for the drift monitor to read.
 
-A request must never wait for the log's file or database, so ``record()`` encodes the record as JSON (a few
-microseconds) and appends it to this worker's in-memory buffer; a background thread puts the timestamp in front
-and writes each flush as whole lines to ``<dir>/date=YYYY-MM-DD/<hostname>-<pid>.jsonl`` (the record's own UTC
-date, so a reader can tell from a partition's name which records it holds). One file per process: gunicorn's
-workers never share one, and a restarted worker with a reused pid appends after a newline. A SIGKILL loses at most
-the records of the last flush interval (written data is in the page cache); ``close()`` writes everything, so a
-clean shutdown loses none. Memory is bounded by ``max_buffered`` (further records are dropped and counted), disk by
-``retention_days`` and ``max_bytes`` (the oldest files go first).
+A request must never wait for the log's file or database: ``record()`` only queues what was scored (a tuple);
+``encode_pending()`` turns the queue into JSON lines, and the app calls it on the worker's event loop between
+requests (app.py's ticker, every few tens of milliseconds); a background thread writes each flush as whole lines to
+``<dir>/date=YYYY-MM-DD/<hostname>-<pid>.jsonl`` (the record's own UTC date, so a reader can tell from a
+partition's name which records it holds). One file per process: gunicorn's workers never share one, and a
+restarted worker with a reused pid appends after a newline. A SIGKILL loses at most the records of the last flush
+interval (written data is in the page cache); ``close()`` writes everything, so a clean shutdown loses none.
+Memory is bounded by ``max_buffered`` (further records are dropped and counted), disk by ``retention_days`` and
+``max_bytes`` (the oldest files go first).
 
-Why the request encodes and the thread does not: encoding is most of the log's work, and a thread that does it is
-a second runnable thread in the worker. For the tens of milliseconds a flush of a busy second took, the kernel let
-it run whole time slices while a request waited, which roughly doubled the p99 of one worker at 2 connections.
-Encoded on the request path (a few microseconds), the flush is the time stamps and the write (the figures: commit
-18d9233 and benchmarks/results.md).
+Why the event loop encodes in batches: encoding is most of the log's work. In each request it cost several times
+what it costs in a batch (cold caches between parsing and predicting), about a tenth of a one-row request's CPU
+(benchmarks/results.md, part peers). In a thread it competes for the GIL: for the tens of milliseconds a busy
+second's encoding took, the kernel let the thread run whole time slices while a request waited, which roughly
+doubled the p99 of one worker at 2 connections (commit 18d9233). On the loop, a batch runs between two requests.
 
 The scale-out variant writes the same records to a PostgreSQL table instead (TableSink; ``INFERENCE_LOG_DB``):
 a Celery worker on another host can read a table, not this host's volume.
@@ -23,25 +24,24 @@ Fork-safe with ``gunicorn --preload``: nothing starts at import or construction;
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import socket
+import re
 import threading
 import time
 from collections import deque
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlops_pipeline.schema import LOG_FIELDS, ConfigError, partition_date
+import numpy as np
+
+from mlops_pipeline.schema import LOG_FIELDS
+from mlops_pipeline.serving.log_sinks import FileSink, Row, TableSink
 from mlops_pipeline.settings import MIB, ServerSettings
 
 log = logging.getLogger("model-server")
 MINUTE = 60  # how often the limits are checked and a drop is warned about
-CHUNK = 64  # records per write: a request waiting for the GIL never waits for a whole flush
-Row = tuple[str, str, str]  # (timestamp, model version, JSON line)
 
 
 def encodable(value: Any) -> Any:  # noqa: ANN401
@@ -54,126 +54,20 @@ def encodable(value: Any) -> Any:  # noqa: ANN401
 
 
 ENCODER = json.JSONEncoder(separators=(",", ":"), default=encodable)
+TS, REQUEST_ID, *MODEL_FIELDS, INPUTS, PREDICTIONS = LOG_FIELDS
+PLAIN = re.compile(r"[A-Za-z0-9._:-]*")  # a string that is its own JSON text between quotes
 
 
-class FileSink:
-    """JSON Lines in date partitions, one file per process; bounded by age and by total size."""
-
-    def __init__(self, directory: Path, retention_days: int, max_bytes: int) -> None:
-        self.directory, self.retention_days, self.max_bytes = directory, retention_days, max_bytes
-
-    def __str__(self) -> str:
-        return str(self.directory)
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def write(self, rows: list[Row]) -> int:
-        """Append the rows to their days' files; returns how many could not be written."""
-        days: dict[str, list[str]] = {}
-        for stamp, _version, line in rows:
-            days.setdefault(stamp[:10], []).append(line)
-        file = f"{socket.gethostname()}-{os.getpid()}.jsonl"  # at flush time: a forked worker has its own
-        return sum(self.append(self.directory / f"date={day}" / file, lines) for day, lines in days.items())
-
-    def append(self, path: Path, lines: list[str]) -> int:
-        data = ("\n".join(lines) + "\n").encode()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a+b", buffering=0) as f:
-                if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-                    data = b"\n" + data  # a torn line from a killed process stays one bad line, not two
-                f.write(data)
-        except OSError as e:
-            log.warning("inference log: %d records not written to %s: %s", len(lines), path, e)
-            return len(lines)
-        return 0
-
-    def enforce_limits(self) -> None:
-        """Delete partitions older than retention_days, then the oldest files until under max_bytes. Workers may
-        race on the same files; whatever another already deleted is skipped."""
-        oldest_kept = datetime.now(UTC).date() - timedelta(days=self.retention_days)
-        files: list[tuple[date, float, Path, int]] = []
-        for part in self.directory.glob("date=*"):
-            day = partition_date(part)
-            if day is None or not part.is_dir():
-                continue
-            for file in part.glob("*.jsonl"):
-                try:
-                    stat = file.stat()
-                except FileNotFoundError:
-                    continue
-                if day < oldest_kept:
-                    file.unlink(missing_ok=True)
-                else:
-                    files.append((day, stat.st_mtime, file, stat.st_size))
-            if day < oldest_kept:
-                with contextlib.suppress(OSError):  # not empty (a file that is not ours) or already gone
-                    part.rmdir()
-        total = sum(size for *_, size in files)
-        for _day, _mtime, file, size in sorted(files):
-            if total <= self.max_bytes:
-                break
-            file.unlink(missing_ok=True)
-            total -= size
-
-    def close(self) -> None:
-        """Nothing to release: each flush opens and closes its files."""
-
-
-class TableSink:
-    """The scale variant's PostgreSQL table: one row per request, (ts, model_version, record), the record being the
-    JSON line as jsonb; one transaction per flush (psycopg2 releases the GIL while it waits for the server).
-    Retention deletes rows older than retention_days (the size limit is the files' only)."""
-
-    def __init__(self, url: str, password: str | None, retention_days: int) -> None:
-        self.url, self.password, self.retention_days = url, password, retention_days
-        self.connection: Any = None  # the flusher's own, opened at its first flush
-
-    def __str__(self) -> str:
-        return "the database"
-
-    def start(self) -> None:
-        import psycopg2.extensions
-
-        try:
-            psycopg2.extensions.parse_dsn(self.url)
-        except psycopg2.ProgrammingError as e:
-            raise ConfigError(f"INFERENCE_LOG_DB is not a PostgreSQL URL: {e}") from None
-
-    def connect(self) -> Any:  # noqa: ANN401 - psycopg2's connection
-        import psycopg2
-
-        if self.connection is None or self.connection.closed:
-            self.connection = psycopg2.connect(self.url, password=self.password, connect_timeout=5)
-        return self.connection
-
-    def write(self, rows: list[Row]) -> int:
-        """A failure drops and counts the rows, as a failed file write does, and the next flush reconnects."""
-        import psycopg2
-        from psycopg2.extras import execute_values
-
-        try:
-            connection = self.connect()
-            with connection, connection.cursor() as cursor:
-                sql = "INSERT INTO inference_log (ts, model_version, record) VALUES %s"
-                execute_values(cursor, sql, rows, template="(%s, %s, %s::jsonb)", page_size=CHUNK)
-        except psycopg2.Error as e:
-            log.warning("inference log: %d records not written to the database: %s", len(rows), str(e).strip())
-            self.close()
-            return len(rows)
-        return 0
-
-    def enforce_limits(self) -> None:
-        connection = self.connect()
-        with connection, connection.cursor() as cursor:
-            sql = "DELETE FROM inference_log WHERE ts < now() - make_interval(days => %s)"
-            cursor.execute(sql, (self.retention_days,))
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+def as_json(value: Any) -> str:  # noqa: ANN401
+    """JSON text of a logged value. An array of finite numbers (the short path's inputs and predictions) is its
+    list's repr without spaces: the same text as json's, in a third of the time."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+        text = repr(value.tolist())
+        if "n" not in text:  # nan and inf are not JSON
+            return text.replace(" ", "")
+    if isinstance(value, str) and PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return ENCODER.encode(value)
 
 
 class InferenceLog:
@@ -198,7 +92,12 @@ class InferenceLog:
         self.flush_seconds = flush_seconds
         self.max_buffered = max_buffered
         self.dropped = 0
-        self._buffer: deque[tuple] = deque()  # append and popleft are thread-safe without a lock
+        self._queued: deque[tuple] = deque()  # as recorded; append and popleft are thread-safe without a lock
+        self._buffer: deque[list[Row]] = deque()  # encoded, one list per encode_pending, for the flusher
+        self._encoded = self._written = 0  # rows into and out of the buffer (each counter has one writer)
+        self._encode_lock = threading.Lock()  # the event loop's and a flush's encode_pending take turns
+        self._clock = (0, "")  # the last second a record was stamped with, and its date and time as text
+        self._heads: dict[tuple, str] = {}  # (model name, version, run ID): their JSON text
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -223,9 +122,9 @@ class InferenceLog:
     def record(
         self, request_id: str, model_name: str, model_version: str, run_id: str, inputs: Any, predictions: Any
     ) -> bool:
-        """Queue one scored request, encoded now (see the module docstring); False when it was dropped: the
-        buffer is full, or a value is not JSON (logged with the request ID)."""
-        if len(self._buffer) >= self.max_buffered:
+        """Queue one scored request (its values must not change afterwards: the app hands over fresh ones); False
+        when the buffer is full and it was dropped."""
+        if len(self._queued) + self._encoded - self._written >= self.max_buffered:
             self.dropped += 1
             if time.monotonic() - self._warned_at >= MINUTE:
                 self._warned_at = time.monotonic()
@@ -233,16 +132,39 @@ class InferenceLog:
                     "inference log: buffer full (%d records), %d dropped so far", self.max_buffered, self.dropped
                 )
             return False
-        ts = time.time()
-        values = (request_id, model_name, model_version, run_id, inputs, predictions)
-        try:
-            rest = ENCODER.encode(dict(zip(LOG_FIELDS[1:], values, strict=True)))  # every field but the time stamp
-        except (TypeError, ValueError) as e:
-            self.dropped += 1
-            log.warning("inference log: request %s not encodable (%s), dropped", request_id, e)
-            return False
-        self._buffer.append((ts, model_version, rest))
+        self._queued.append((time.time(), request_id, model_name, model_version, run_id, inputs, predictions))
         return True
+
+    def encode_pending(self) -> None:
+        """Turn the queued records into lines for the next flush, time stamp first; a value that is not JSON drops
+        its record alone (logged with the request ID)."""
+        with self._encode_lock:
+            batch: list[Row] = []
+            for _ in range(len(self._queued)):
+                ts, request_id, *model, inputs, predictions = self._queued.popleft()
+                try:
+                    head = self._heads.get(tuple(model)) or self.head(*model)
+                    rest = f'"{REQUEST_ID}":{as_json(request_id)},{head},"{INPUTS}":{as_json(inputs)},'
+                    rest += f'"{PREDICTIONS}":{as_json(predictions)}}}'
+                except (TypeError, ValueError) as e:
+                    self.dropped += 1
+                    log.warning("inference log: request %s not encodable (%s), dropped", request_id, e)
+                    continue
+                second, prefix = self._clock
+                if int(ts) != second:  # about a second's records share their date and time: formatted once
+                    second = int(ts)
+                    prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                    self._clock = (second, prefix)
+                stamp = f"{prefix}.{int(ts % 1 * 1_000_000):06d}+00:00"
+                batch.append((stamp, model[1], f'{{"{TS}":"{stamp}",{rest}'))
+            if batch:
+                self._buffer.append(batch)
+                self._encoded += len(batch)
+
+    def head(self, *model: str) -> str:
+        """The model's fields as JSON text, made once per served model."""
+        self._heads[model] = ENCODER.encode(dict(zip(MODEL_FIELDS, model, strict=True)))[1:-1]
+        return self._heads[model]
 
     def start(self) -> None:
         """Check the sink (a bad directory or database URL fails here, loudly) and start this process's flusher."""
@@ -269,23 +191,15 @@ class InferenceLog:
                 log.exception("inference log: flush failed")
 
     def flush(self) -> None:
-        """Write the buffered records now, in chunks of CHUNK records (the GIL is released at each write), then
-        enforce the limits if it is time to."""
+        """Write the buffered records now, then enforce the limits if it is time to."""
         with self._flush_lock:
-            pending: list[Row] = []
-            second, prefix = None, ""
-            for i in range(len(self._buffer)):
-                ts, version, rest = self._buffer.popleft()
-                if int(ts) != second:  # a flush holds about a second's records: format its date and time once
-                    second = int(ts)
-                    prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-                stamp = f"{prefix}.{int(ts % 1 * 1_000_000):06d}+00:00"
-                pending.append((stamp, version, f'{{"{LOG_FIELDS[0]}":"{stamp}",{rest[1:]}'))  # the stamp first
-                if i % CHUNK == CHUNK - 1:
-                    self.dropped += self.sink.write(pending)
-                    pending = []
-            if pending:
-                self.dropped += self.sink.write(pending)
+            self.encode_pending()  # what the event loop has not encoded yet (close(), a process without one)
+            rows: list[Row] = []
+            for _ in range(len(self._buffer)):
+                rows += self._buffer.popleft()
+            if rows:  # one write per day file: each write lets the event loop's thread take the GIL back
+                self.dropped += self.sink.write(rows)
+                self._written += len(rows)
             if time.monotonic() - self._housekept_at >= MINUTE:
                 self._housekept_at = time.monotonic()
                 try:

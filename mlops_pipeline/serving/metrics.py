@@ -7,6 +7,13 @@ files behind (the totals keep its requests) and gunicorn's ``child_exit`` hook (
 live gauges, so a replaced worker neither loses nor double-counts. Without that variable (a single process, the
 in-process tests) the same metrics live in the process.
 
+A request only adds to this process's plain counts (``observe``, ``predicted``: a few dictionary updates);
+``publish()`` moves them into prometheus-client's values in one go, between requests: the app calls it every
+PUBLISH_SECONDS, before answering a scrape and when a worker stops. Writing each request through prometheus-client
+(five values in shared memory) cost a quarter of a one-row request's CPU; in a batch it costs a few percent
+(benchmarks/results.md, part peers). So a scrape sees another worker's counts as of its last publish (at most
+PUBLISH_SECONDS old), a clean stop loses none, and a worker killed with SIGKILL loses at most that interval's.
+
 Nothing here holds a request body, a header or a credential: labels are endpoint paths, status codes, classes
 and the served model's name, version, run ID and runtime.
 """
@@ -14,6 +21,7 @@ and the served model's name, version, run ID and runtime.
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Iterable
 from functools import cache
 
@@ -32,9 +40,10 @@ from prometheus_client import (
 # The low buckets resolve single-row answers of both runtimes (benchmarks/results.md has their latencies); the high
 # ones catch large batches and a stalled worker.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
-# A classifier's classes are labels; more distinct values than this (a regressor, a text model) are not counted
-# by class, so a model cannot blow up the number of series.
+# A classifier's classes are labels; more distinct values than this in one publish (a regressor, a text model) are
+# not counted by class, so a model cannot blow up the number of series.
 MAX_CLASSES = 50
+PUBLISH_SECONDS = 0.05  # how stale another worker's counts may be in a scrape (see the module docstring)
 
 REQUESTS = Counter(
     "model_server_requests_total", "Requests answered, by endpoint and HTTP status code.", ["endpoint", "code"]
@@ -60,8 +69,6 @@ MODEL_LOADS = Counter(
 )
 
 
-# Each request touches a few labelled series: their children are looked up once (prometheus-client's labels() takes
-# a lock and builds a key every time), which keeps the per-request cost of counting to a few microseconds.
 @cache
 def requests_child(endpoint: str, code: int) -> Counter:
     return REQUESTS.labels(endpoint, str(code))
@@ -77,24 +84,55 @@ def prediction_child(value: object) -> Counter:
     return PREDICTIONS.labels(str(value))
 
 
+class Pending:
+    """This process's counts since the last publish: what a request adds to."""
+
+    def __init__(self) -> None:
+        self.answers: Tally[tuple[str, int]] = Tally()
+        self.seconds: defaultdict[str, list[float]] = defaultdict(list)
+        self.predictions: list[np.ndarray] = []
+
+
+pending = Pending()
+
+
 def observe(endpoint: str, code: int, seconds: float) -> None:
-    requests_child(endpoint, code).inc()
-    latency_child(endpoint).observe(seconds)
+    pending.answers[endpoint, code] += 1
+    pending.seconds[endpoint].append(seconds)
 
 
 def predicted(predictions: np.ndarray) -> None:
-    """Count the rows of one answer, and by class when the answer is one label per row."""
-    ROWS.inc(len(predictions))
-    if predictions.ndim != 1 or predictions.dtype.kind not in "iubOU":
-        return  # probabilities, regression values: rows only
-    if len(predictions) <= 64:  # a few rows (the usual request): a Python tally is several times faster than unique
-        counts = Tally(predictions.tolist())
-    else:
-        values, n = np.unique(predictions, return_counts=True)
-        counts = dict(zip(values.tolist(), n.tolist(), strict=True))
-    if len(counts) <= MAX_CLASSES:
-        for value, count in counts.items():
-            prediction_child(value).inc(count)
+    """Count the rows of one answer, and by class when the answer is one label per row (at the next publish)."""
+    pending.predictions.append(predictions)
+
+
+def publish() -> None:
+    """Move the pending counts into prometheus-client's values (the shared files in multiprocess mode). Called on
+    the worker's event loop, like observe and predicted, so nothing is counted twice or lost in between."""
+    global pending
+    taken, pending = pending, Pending()
+    for (endpoint, code), n in taken.answers.items():
+        requests_child(endpoint, code).inc(n)
+    for endpoint, seconds in taken.seconds.items():
+        child = latency_child(endpoint)
+        for value in seconds:
+            child.observe(value)
+    labels: defaultdict[np.dtype, list[np.ndarray]] = defaultdict(list)
+    rows = 0
+    for answer in taken.predictions:
+        rows += len(answer)
+        if answer.ndim == 1 and answer.dtype.kind in "iubOU":  # not probabilities or regression values
+            labels[answer.dtype].append(answer)
+    if rows:
+        ROWS.inc(rows)
+    for same_type in labels.values():
+        try:
+            values, counts = np.unique(np.concatenate(same_type), return_counts=True)
+        except TypeError:  # labels of mixed types (ints and strings) cannot be sorted: rows only
+            continue
+        if len(values) <= MAX_CLASSES:
+            for value, n in zip(values.tolist(), counts.tolist(), strict=True):
+                prediction_child(value).inc(n)
 
 
 def predicted_json(predictions: Iterable[object] | None) -> None:
@@ -117,7 +155,9 @@ def loaded(ok: bool) -> None:
 
 def exposition(multiprocess_dir: object = None) -> tuple[bytes, str]:
     """The body and content type of a scrape: every worker's values added up in multiprocess mode (with
-    PROMETHEUS_MULTIPROC_DIR set, which prometheus-client itself reads), else this process's."""
+    PROMETHEUS_MULTIPROC_DIR set, which prometheus-client itself reads), else this process's. This process's
+    pending counts are published first."""
+    publish()
     if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -20,6 +20,7 @@ import yaml
 
 from conftest import ROOT, ComposeProject, keep_alive_ms, metric_value, require_docker_engine, training_runs
 from mlops_pipeline.schema import FEATURE_NAMES, LABEL_COLUMN, MODEL_NAME
+from mlops_pipeline.serving.metrics import PUBLISH_SECONDS
 from scripts.browser import require_chromium
 from scripts.make_env import SECRET_KEYS
 from scripts.stackclient import mlflow_login, registry_champion, registry_champion_version
@@ -207,6 +208,7 @@ def test_3c_prometheus_sees_serving_mlflow_and_the_pipeline(stack: Stack) -> Non
         )
         assert bad.status_code == 400
     served = requests.get(f"{stack.model_url}/model", timeout=10).json()
+    time.sleep(2 * PUBLISH_SECONDS)  # every worker has published its counts (metrics.py): the scrape sees all
     direct = requests.get(f"{stack.model_url}/metrics", timeout=10).text
     ok = metric_value(direct, "model_server_requests_total", endpoint="/invocations", code="200")
 
