@@ -13,6 +13,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from http.client import HTTPConnection
 from pathlib import Path
@@ -124,9 +126,9 @@ def start(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Pop
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """End the process group this bench started, politely first."""
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+def stop(proc: subprocess.Popen, first: int = signal.SIGTERM) -> None:
+    """End the process group this bench started, politely first (with `first`), then with SIGKILL."""
+    for sig, grace in ((first, 20), (signal.SIGKILL, 10)):
         if proc.poll() is not None:
             return
         try:
@@ -134,6 +136,43 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=grace)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             continue
+
+
+def local_env() -> dict[str, str]:
+    """The environment of local processes: the venv's tools on PATH, no usage reports."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "GIT_PYTHON_REFRESH": "quiet"}
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def alive_and(proc: subprocess.Popen, check: Any) -> Any:  # noqa: ANN401
+    """check(), unless the process already exited (then why, at once, instead of a wait's timeout)."""
+    if proc.poll() is not None:
+        raise BenchError(f"{proc.args[0]} exited with {proc.returncode}; see its log")
+    return check()
+
+
+@contextmanager
+def trained_model(tmp: Path) -> Iterator[tuple[str, str]]:
+    """mlflow/tracking-server.sh on a free 127.0.0.1 port and one model trained by mlops_pipeline.pipeline: the
+    tracking URI and the run ID. The server stops on exit (also on Ctrl-C)."""
+    env, port = local_env(), free_port()
+    tracking_uri = f"http://127.0.0.1:{port}"
+    (tmp / "mlruns").mkdir(parents=True, exist_ok=True)
+    tracking_env = {**env, "MLFLOW_DATA_DIR": str(tmp / "mlruns"), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port)}
+    server = start([str(ROOT / "mlflow" / "tracking-server.sh")], tmp / "tracking.log", tracking_env)
+    try:
+        check = lambda: http("GET", f"{tracking_uri}/health")[0] == 200  # noqa: E731
+        wait_for("the local tracking server", lambda: alive_and(server, check), 180)
+        log("local: tracking server up; training the default model (mlops_pipeline.pipeline)")
+        train = [sys.executable, "-m", "mlops_pipeline.pipeline"]
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+        out = subprocess.run(train, capture_output=True, text=True, env=env, timeout=600)
+        if out.returncode != 0:
+            raise BenchError(f"mlops_pipeline.pipeline failed: {out.stderr.strip()[-800:]}")
+        yield tracking_uri, out.stdout.strip().splitlines()[-1]
+    finally:
+        stop(server)
 
 
 def cpu_seconds(roots: list[int]) -> dict[int, float]:
@@ -217,15 +256,17 @@ class Stack:
 
 
 # --- load: wrk for single rows (keep-alive, C, one thread), http.client for the big batch
-def wrk(url: str, connections: int, seconds: int, pids: dict[str, list[int]], path: str = "") -> dict[str, Any]:
-    """One bounded wrk run of the seed payload to /invocations (or a GET of `path`). Adds req/s and, to explain it,
-    where the CPU went: per group of
-    process trees in `pids` (the server; in compose also docker-proxy) the CPU ms per request, the cores it kept
-    busy and its busiest process's; wrk's own share of a core; and the cores the whole machine kept busy."""
+def wrk(
+    url: str, connections: int, seconds: int, pids: dict[str, list[int]], path: str = "", body: Path | None = None
+) -> dict[str, Any]:
+    """One bounded wrk run of the seed payload to /invocations (or a GET of `path`; or a POST of the JSON file `body`
+    to `path`). Adds req/s and, to explain it, where the CPU went: per group of process trees in `pids` (the server;
+    in compose also docker-proxy) the CPU ms per request, the cores it kept busy and its busiest process's; wrk's
+    own share of a core; and the cores the whole machine kept busy."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / "wrk.lua")]
     before_client, before_machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_seconds()
     before = {name: cpu_seconds(group) for name, group in pids.items()}
-    env = {**os.environ, "WRK_GET": "1" if path else "0"}
+    env = {**os.environ, "WRK_GET": "1" if path and body is None else "0", "WRK_BODY_FILE": str(body or "")}
     out = subprocess.run(
         [*cmd, url + (path or "/invocations")], capture_output=True, text=True, timeout=seconds + 60, env=env
     )

@@ -23,6 +23,7 @@ TITLES = {
     "recovery": "5. Recovery: the scheduler process killed during a DAG run",
     "drift-monitor": "6. Drift monitor: one monitor_model check over 100,000 logged rows",
     "batch": "7. Batch scoring: batch_predict on 1,000,000 rows vs. one process, and its largest task's memory",
+    "peers": "8. Peers: ours against the model servers a user would pick instead (local processes, 2 workers each)",
 }
 
 
@@ -69,6 +70,8 @@ def markdown(results: dict[str, Any]) -> str:
         if not rows:
             continue
         lines += ["", f"## {title}", ""]
+        if table := results.get("tables", {}).get(part):
+            lines += [*table, ""]
         timeline = any("at" in r for r in rows)
         head = (
             "| Step | Starts at (s after the start) | Takes | Min - max |"
@@ -125,6 +128,24 @@ def serving_plot(setups: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("requests/s (single row)")
         ax.set_title(part)
         ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def peers_plot(rows: list[tuple[str, float, float]], path: Path) -> None:
+    """Throughput at 4 connections per server (log scale: they differ by orders of magnitude), p99 on the bars."""
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
+    for i, (label, rps, p99_ms) in enumerate(rows):
+        ax.barh(i, rps, color="tab:blue" if label.startswith("ours") else "tab:gray")
+        ax.text(rps * 1.05, i, f"{rps:,.0f} req/s, p99 {p99_ms:.1f} ms", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(rps for _, rps, _ in rows) * 8)
+    ax.set_xlabel("one-row requests/s at 4 keep-alive connections (wrk), log scale; 2 worker processes each")
+    ax.set_title("The same logged forest, served by each (medians of the rounds)")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import batch_part, compose_parts, monitoring_cost, report, serving
+from benchmarks import batch_part, compose_parts, monitoring_cost, peers, report, serving
 from benchmarks.common import BENCH, AirflowError, BenchError, Stack, log, machine
 
 PARTS = (
@@ -38,6 +38,7 @@ PARTS = (
     "recovery",
     "drift-monitor",
     "batch",
+    "peers",
 )
 # the order they run in
 COMPOSE = (
@@ -176,6 +177,20 @@ def serving_local(args: argparse.Namespace, results: Results, tmp: Path) -> None
     results.add("serving-local", serving.rows("serving-local", raw))
 
 
+def peers_part(args: argparse.Namespace, results: Results, tmp: Path) -> None:
+    results.add("peers", peers.measure(tmp / "peers", args.runs, args.seconds, results["raw"]))
+    raw = results["raw"]["peers"]
+    results["tables"]["peers"] = peers.table(raw)
+    med = statistics.median
+    rows = [
+        (raw["labels"][name], med(r["c4"]["rps"] for r in runs), med(r["c4"]["p99_us"] for r in runs) / 1e3)
+        for name, runs in raw["servers"].items()
+        if name not in raw["failed"]
+    ]
+    report.peers_plot(rows, args.out / "peers.png")
+    results["plots"]["peers"] = ["peers.png"]
+
+
 def serving_plot(results: Results, out: Path) -> None:
     setups = {}
     for part in ("serving-compose", "serving-local"):
@@ -210,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         details=[],
         notes={},
         plots={},
+        tables={},
         skipped={},
         part_seconds={},
         raw={},
@@ -219,12 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="mlopsbench-"))
     try:
-        if any(p.startswith("serving") or p == "monitoring" for p in args.parts):
+        if any(p.startswith("serving") or p in ("monitoring", "peers") for p in args.parts):
             results["client"] = results.attempt("load tools", ensure_load_tools) or ""
         if [p for p in COMPOSE if p in args.parts]:
             results.attempt("compose", lambda: compose_session(args, results, tmp))
         if "serving-local" in args.parts:
             results.attempt("serving-local", lambda: serving_local(args, results, tmp))
+        if "peers" in args.parts:
+            results.attempt("peers", lambda: peers_part(args, results, tmp))
     except BaseException as exc:  # Ctrl-C or SIGTERM: what was measured is still written, and says so
         results["skipped"]["this run"] = f"interrupted ({type(exc).__name__}); the parts after it did not run"
         raise

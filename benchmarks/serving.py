@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -33,15 +31,18 @@ from benchmarks.common import (
     SEED,
     BenchError,
     Stack,
+    alive_and,
     batch_rows_per_s,
     detail,
     free_port,
     http,
+    local_env,
     log,
     predicts,
     start,
     stop,
     target,
+    trained_model,
     wait_for,
     wrk,
 )
@@ -187,9 +188,11 @@ def docker_proxy_pids(port: int) -> list[int]:
 
 
 def recreate_with(stack: Stack, key: str, value: str) -> None:
-    """KEY=value in the stack's .env, then the model-server recreated and answering (what a user does)."""
-    lines = [ln for ln in stack.env_file.read_text().splitlines() if not ln.startswith(f"{key}=")]
-    stack.env_file.write_text("\n".join([*lines, f"{key}={value}"]) + "\n")
+    """KEY=value in the stack's .env (KEY may be several, joined by "+"), then the model-server recreated and
+    answering (what a user does)."""
+    keys = key.split("+")
+    lines = [ln for ln in stack.env_file.read_text().splitlines() if ln.split("=", 1)[0] not in keys]
+    stack.env_file.write_text("\n".join([*lines, *(f"{k}={value}" for k in keys)]) + "\n")
     stack.compose("up", "-d", "--no-deps", "--wait", "model-server", timeout=300)
     wait_for(f"the model-server with {key}={value}", lambda: predicts(stack.model_url), 120)
 
@@ -221,56 +224,29 @@ def compose(stack: Stack, runs: int, seconds: int, info: dict) -> dict[str, Any]
 
 
 def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
-    """mlflow/tracking-server.sh and mlflow/model-server.sh (compiled, then MODEL_SERVER_COMPILED=false) as local
-    processes on free loopback ports, one model trained by mlops_pipeline.pipeline; every process is stopped before this
-    returns (also on Ctrl-C)."""
-    venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "GIT_PYTHON_REFRESH": "quiet"}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
-    procs: list[subprocess.Popen] = []
-
-    def alive_and(proc: subprocess.Popen, check: Any) -> Any:  # noqa: ANN401
-        if proc.poll() is not None:
-            raise BenchError(f"{proc.args[0]} exited with {proc.returncode}; see its log in {tmp}")
-        return check()
-
-    try:
-        port = free_port()
-        tracking_uri = f"http://127.0.0.1:{port}"
-        (tmp / "mlruns").mkdir(parents=True, exist_ok=True)
-        tracking_env = {**env, "MLFLOW_DATA_DIR": str(tmp / "mlruns"), "MLFLOW_HOST": "127.0.0.1"}
-        tracking_env["MLFLOW_PORT"] = str(port)
-        procs.append(start([str(ROOT / "mlflow" / "tracking-server.sh")], tmp / "tracking.log", tracking_env))
-        check = lambda: http("GET", f"{tracking_uri}/health")[0] == 200  # noqa: E731
-        wait_for("the local tracking server", lambda: alive_and(procs[0], check), 180)
-        log("serving-local: tracking server up; training the default model (mlops_pipeline.pipeline)")
-        train = [sys.executable, "-m", "mlops_pipeline.pipeline"]
-        out = subprocess.run(
-            train, capture_output=True, text=True, env={**env, "MLFLOW_TRACKING_URI": tracking_uri}, timeout=600
-        )
-        if out.returncode != 0:
-            raise BenchError(f"mlops_pipeline.pipeline failed: {out.stderr.strip()[-800:]}")
-        run_id = out.stdout.strip().splitlines()[-1]
+    """mlflow/model-server.sh (compiled, then MODEL_SERVER_COMPILED=false) as local processes on free loopback ports,
+    serving one model trained by mlops_pipeline.pipeline; every process is stopped before this returns (also on
+    Ctrl-C)."""
+    with trained_model(tmp) as (tracking_uri, run_id):
         raw: dict[str, Any] = {"model_uri": f"runs:/{run_id}/model"}
         for key, compiled in (("compiled", "true"), ("sklearn", "false")):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            server_env = {**env, "MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id}
+            server_env = {**local_env(), "MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id}
             server_env.update(MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(port), MODEL_SERVER_WORKERS="")
             server_env["MODEL_SERVER_COMPILED"] = compiled
             server_env["INFERENCE_LOG_DIR"] = str(tmp / f"inference-log-{key}")  # on, as in compose
             server = start([str(ROOT / "mlflow" / "model-server.sh")], tmp / f"model-server-{key}.log", server_env)
-            procs.append(server)
-            up = lambda s=server, u=url: alive_and(s, lambda: predicts(u))  # noqa: E731
-            wait_for("the local model-server to predict", up, 180)
-            log(f"serving-local: {key}: /ping, /invocations at {CONNECTIONS} connections, {BATCH_ROWS:,} rows")
-            measured = measure if key == "compiled" else measure_reference
-            raw[key] = measured(url, {"server": [server.pid]}, runs, seconds)
-            stop(procs.pop())
+            try:
+                wait_for(
+                    "the local model-server to predict", lambda s=server, u=url: alive_and(s, lambda: predicts(u)), 180
+                )
+                log(f"serving-local: {key}: /ping, /invocations at {CONNECTIONS} connections, {BATCH_ROWS:,} rows")
+                measured = measure if key == "compiled" else measure_reference
+                raw[key] = measured(url, {"server": [server.pid]}, runs, seconds)
+            finally:
+                stop(server)
         return raw
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
 
 
 # --- what serving costs training (compose)

@@ -1,8 +1,14 @@
--- wrk script of the serving benchmark: POST the seed's single-row payload (or, with WRK_GET=1, a plain GET of the
--- URL), print one machine-readable line.
+-- wrk script of the serving benchmark: POST the seed's single-row payload, or the JSON file WRK_BODY_FILE names
+-- (or, with WRK_GET=1, a plain GET of the URL); print one machine-readable line.
 if os.getenv("WRK_GET") ~= "1" then
   wrk.method = "POST"
   wrk.body = '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
+  local file = os.getenv("WRK_BODY_FILE") or ""
+  if file ~= "" then
+    local f = assert(io.open(file, "rb"))
+    wrk.body = f:read("*a")
+    f:close()
+  end
   wrk.headers["Content-Type"] = "application/json"
 end
 
