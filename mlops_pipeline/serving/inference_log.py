@@ -11,8 +11,8 @@ Memory is bounded by ``max_buffered`` (further records are dropped and counted),
 ``max_bytes`` (the oldest files go first).
 
 Why the event loop encodes in batches: encoding is most of the log's work. In each request it cost several times
-what it costs in a batch (cold caches between parsing and predicting), about a tenth of a one-row request's CPU
-(benchmarks/results.md, part peers). In a thread it competes for the GIL: for the tens of milliseconds a busy
+what it costs in a batch (cold caches between parsing and predicting; benchmarks/results.md, part peers,
+measures what is left). In a thread it competes for the GIL: for the tens of milliseconds a busy
 second's encoding took, the kernel let the thread run whole time slices while a request waited, which roughly
 doubled the p99 of one worker at 2 connections (commit 18d9233). On the loop, a batch runs between two requests.
 

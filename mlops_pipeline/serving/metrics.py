@@ -10,9 +10,10 @@ in-process tests) the same metrics live in the process.
 A request only adds to this process's plain counts (``observe``, ``predicted``: a few dictionary updates);
 ``publish()`` moves them into prometheus-client's values in one go, between requests: the app calls it every
 PUBLISH_SECONDS, before answering a scrape and when a worker stops. Writing each request through prometheus-client
-(five values in shared memory) cost a quarter of a one-row request's CPU; in a batch it costs a few percent
-(benchmarks/results.md, part peers). So a scrape sees another worker's counts as of its last publish (at most
-PUBLISH_SECONDS old), a clean stop loses none, and a worker killed with SIGKILL loses at most that interval's.
+(five values in shared memory, with cold caches between parsing and predicting) cost several times what the same
+writes cost in a batch (benchmarks/results.md, part peers, measures what is left). So a scrape sees another
+worker's counts as of its last publish (at most PUBLISH_SECONDS old), a clean stop loses none, and a worker killed
+with SIGKILL loses at most that interval's.
 
 Nothing here holds a request body, a header or a credential: labels are endpoint paths, status codes, classes
 and the served model's name, version, run ID and runtime.
