@@ -110,6 +110,23 @@ def in_process(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def test_counts_are_published_between_requests_and_at_a_clean_stop(
+    trained_run: str, tracking_server: str, monkeypatch
+) -> None:
+    """Without any scrape: the worker's ticker publishes within PUBLISH_SECONDS, and its stop publishes the rest."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    before = in_process("model_server_requests_total", endpoint="/invocations", code="200")
+    with TestClient(serve.create_app(model_uri=f"runs:/{trained_run}/model")) as c:
+        assert c.post("/invocations", content=SEED, headers=JSON).status_code == 200
+        deadline = time.monotonic() + 2
+        while in_process("model_server_requests_total", endpoint="/invocations", code="200") == before:
+            assert time.monotonic() < deadline, "the ticker did not publish"
+            time.sleep(metrics.PUBLISH_SECONDS / 2)
+        assert c.post("/invocations", content=SEED, headers=JSON).status_code == 200
+    assert in_process("model_server_requests_total", endpoint="/invocations", code="200") == before + 2
+
+
 def test_off_means_no_route_and_no_counting(trained_run: str, tracking_server: str, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
