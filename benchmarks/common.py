@@ -152,6 +152,12 @@ def alive_and(proc: subprocess.Popen, check: Any) -> Any:  # noqa: ANN401
     return check()
 
 
+def model_server_env(tracking_uri: str, run_id: str, port: int, log_dir: Path) -> dict[str, str]:
+    """mlflow/model-server.sh's settings for a local process: the run pinned, 127.0.0.1:port, its inference log."""
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id, "INFERENCE_LOG_DIR": str(log_dir)}
+    return {**env, "MODEL_SERVER_HOST": "127.0.0.1", "MODEL_SERVER_PORT": str(port)}
+
+
 @contextmanager
 def trained_model(tmp: Path) -> Iterator[tuple[str, str]]:
     """mlflow/tracking-server.sh on a free 127.0.0.1 port and one model trained by mlops_pipeline.pipeline: the

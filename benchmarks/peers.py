@@ -37,6 +37,7 @@ from benchmarks.common import (
     free_port,
     local_env,
     log,
+    model_server_env,
     start,
     stop,
     target,
@@ -66,9 +67,8 @@ class Server:
 
 def ours(name: str, tracking_uri: str, run_id: str, extra: dict[str, str]) -> Server:
     def command(workdir: Path, port: int) -> tuple[list[str], dict[str, str]]:
-        env = {"MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id, "MODEL_SERVER_WORKERS": "2"}
-        env.update(MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(port))
-        env.update(INFERENCE_LOG_DIR=str(workdir / "inference-log"), PROMETHEUS_MULTIPROC_DIR=str(workdir / "counts"))
+        env = model_server_env(tracking_uri, run_id, port, workdir / "inference-log")
+        env.update(MODEL_SERVER_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(workdir / "counts"))
         return [str(ROOT / "mlflow" / "model-server.sh")], {**env, **extra}
 
     switches = "; ".join(f"{k}={v}" for k, v in extra.items()) or "defaults: /metrics and the inference log on"

@@ -38,6 +38,7 @@ from benchmarks.common import (
     http,
     local_env,
     log,
+    model_server_env,
     predicts,
     start,
     stop,
@@ -232,10 +233,9 @@ def local(tmp: Path, runs: int, seconds: int) -> dict[str, Any]:
         for key, compiled in (("compiled", "true"), ("sklearn", "false")):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            server_env = {**local_env(), "MLFLOW_TRACKING_URI": tracking_uri, "LATEST_MODEL_RUN_ID": run_id}
-            server_env.update(MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(port), MODEL_SERVER_WORKERS="")
-            server_env["MODEL_SERVER_COMPILED"] = compiled
-            server_env["INFERENCE_LOG_DIR"] = str(tmp / f"inference-log-{key}")  # on, as in compose
+            # the inference log on, as in compose; one worker per core
+            server_env = {**local_env(), **model_server_env(tracking_uri, run_id, port, tmp / f"inference-log-{key}")}
+            server_env.update(MODEL_SERVER_WORKERS="", MODEL_SERVER_COMPILED=compiled)
             server = start([str(ROOT / "mlflow" / "model-server.sh")], tmp / f"model-server-{key}.log", server_env)
             try:
                 wait_for(
