@@ -4,8 +4,9 @@ The tutorial's forest, trained by mlops_pipeline.pipeline and logged to a local 
 (mlflow/model-server.sh, with its defaults and with /metrics and the inference log off) and by each peer of
 peer_servers.py (its own pinned venv, made once with uv and cached), all as local processes with 2 worker
 processes on 127.0.0.1. Rounds are interleaved: in each round every server is started, checked, measured and
-stopped in turn, so a drift of the machine spreads over all of them. Before any of a server's figures counts, it
-must answer all 150 Iris rows (one per request, and all in one request) exactly as scikit-learn does.
+stopped in turn (every other round in reverse order), so a drift of the machine spreads over all of them. Before
+any of a server's figures counts, it must answer all 150 Iris rows (one per request, and all in one request)
+exactly as scikit-learn does.
 
 Per server and round: cold start (process start to the first correct answer), one-row requests at 1 and 4
 keep-alive connections (wrk, one thread, each server's own protocol), a 1,000-row request (median of 5 after a
@@ -219,7 +220,7 @@ def measure(tmp: Path, runs: int, seconds: int, raw_out: dict) -> tuple[list[dic
             log(f"peers: {spec.label}'s environment ready in {time.monotonic() - started:.0f} s ({cache})")
         raw["labels"] = labels = {s.name: s.label for s in servers}
         for i in range(runs):
-            for server in servers:
+            for server in servers if i % 2 == 0 else servers[::-1]:  # alternated: a drift of the machine spreads
                 if server.name in raw["failed"]:
                     continue
                 try:
