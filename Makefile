@@ -13,7 +13,7 @@ export COMPOSE_BAKE := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help env venv demo up down append-data predict-batch drift-demo logs local-demo local-up local-down local-status local-restart-model \
+.PHONY: help env venv demo up down append-data predict-batch drift-demo backup restore logs local-demo local-up local-down local-status local-restart-model \
         scale-env scale-demo scale-up scale-down monitoring-env monitoring-up monitoring-down screenshots test test-fast lint format bench clean
 
 help: ## show the targets
@@ -59,6 +59,13 @@ predict-batch: env $(SCRIPTS_VENV)/.synced ## on a running stack: score a CSV fi
 
 drift-demo: env $(SCRIPTS_VENV)/.synced ## on a running stack (after make demo): normal then shifted traffic, drift checks, labeled rows, retrain
 	$(SCRIPTS_VENV)/bin/python -m scripts.drift_demo
+
+backup: env $(SCRIPTS_VENV)/.synced ## compose: every piece of the stack's state in one archive, backups/<time>.tar.gz (OUT=file; WITH_SECRETS=1 adds .env)
+	$(SCRIPTS_VENV)/bin/python -m scripts.backup backup $(if $(OUT),--out "$(OUT)") $(if $(filter 1,$(WITH_SECRETS)),--with-secrets)
+
+restore: env $(SCRIPTS_VENV)/.synced ## compose: replace the state with an archive's (FILE=...; FORCE=1 if state exists: it is saved first), start the stack
+	@test -n "$(FILE)" || { echo "usage: make restore FILE=backups/<archive>.tar.gz [FORCE=1] (docs/backup.md)" >&2; exit 2; }
+	$(SCRIPTS_VENV)/bin/python -m scripts.backup restore "$(FILE)" $(if $(filter 1,$(FORCE)),--force)
 
 logs: ## compose: follow the logs
 	docker compose logs -f

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -149,6 +149,15 @@ class TrackingSettings(BaseSettings):
         if not value.is_absolute():
             raise ValueError("a relative path")
         return value
+
+
+class BackupSettings(BaseSettings):
+    """The backup container (mlops_pipeline/backup): which variant's state it holds, and Airflow's Fernet key,
+    whose fingerprint an archive records so a restore can tell whether Airflow's encrypted fields stay readable."""
+
+    model_config = Settings.model_config
+    backup_variant: Literal["default", "scale"] = "default"
+    fernet_key: SecretStr = Field(SecretStr(""), description="Airflow's Fernet key (make env writes it to .env)")
 
 
 def from_env(cls: type[S], **values: object) -> S:

@@ -1,0 +1,155 @@
+"""Writing an archive: what it holds (PARTS), its manifest, and the copies made while the stack runs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+STATE_ROOT = Path("/state")
+# The volumes an archive holds (docker-compose.yml's names), in the order they are copied: the databases come
+# before the files they point to, so every artifact a copied run names is in the archive too.
+PARTS = {
+    "airflow_db": "Airflow's metadata database: DAG runs, task history, users, connections, variables",
+    "mlruns": "MLflow's database (runs, metrics, the registry) and its artifacts (models, plots)",
+    "training_data": "the training data the DAG reads and appends to",
+    "inference_log": "what the model-server predicted, for the drift monitor",
+    "airflow_logs": "Airflow's task logs",
+    "batch": "batch_predict's input files and outputs",
+}
+# Credentials kept in the volumes (MLflow's login: its users' password hashes and its signing key): in an archive
+# only with --with-secrets, like .env (stored as DOTENV).
+SECRETS = {"mlruns/basic_auth.db", "mlruns/basic_auth.ini", "mlruns/flask_secret_key"}
+DOTENV = "secrets/.env"
+STAGING, PREVIOUS = ".restore-staging", ".restore-previous"
+SQLITE_HEADER = b"SQLite format 3\x00"
+SKIPPED_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")  # SQLite's side files (the snapshot has it all), temp files
+VERSIONED = {"project": "mlops-pipeline", "airflow": "apache-airflow", "mlflow": "mlflow-skinny"}
+
+
+class BackupError(Exception):
+    """An archive that cannot be used, or a refused restore; the message says why and what to do."""
+
+
+def fingerprint(fernet_key: str) -> str:
+    """Identifies a Fernet key without revealing it: a restore compares it with the key in .env."""
+    return hashlib.sha256(fernet_key.strip().encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    return {name: metadata.version(package) for name, package in VERSIONED.items()}
+
+
+def files_of(base: Path) -> list[Path]:
+    """The directories and regular files under `base`, parents first; no staging leftovers or side files."""
+    found = []
+    for directory, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if d not in (STAGING, PREVIOUS))
+        here = Path(directory)
+        found += [here / d for d in dirs]
+        found += [here / f for f in sorted(files) if not f.endswith(SKIPPED_SUFFIXES)]
+    return found
+
+
+def copy_of(path: Path, into: IO[bytes]) -> None:
+    """The file's content as of now: a SQLite database through the online backup API (checked), a JSON Lines
+    file up to its last complete line, anything else up to the size it had when the copy began."""
+    with path.open("rb") as f:
+        if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+            snapshot(path, into)
+            return
+        f.seek(0)
+        data = f.read(path.stat().st_size)
+    if path.suffix == ".jsonl":
+        data = data[: data.rfind(b"\n") + 1]
+    into.write(data)
+
+
+def snapshot(path: Path, into: IO[bytes]) -> None:
+    """A consistent copy of a live SQLite database. Run as root, SQLite gives any -wal or -shm file it creates
+    the database's owner (tests/test_backup.py checks it), so the service that owns it can still open them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, copy = sqlite3.connect(path, timeout=60), sqlite3.connect(Path(tmp) / "copy.db")
+        try:
+            source.backup(copy)
+            (verdict,) = copy.execute("PRAGMA integrity_check").fetchone()
+        finally:
+            source.close()
+            copy.close()
+        if verdict != "ok":
+            raise BackupError(f"{path}: SQLite's integrity check of the copy failed: {verdict}")
+        with (Path(tmp) / "copy.db").open("rb") as f:
+            shutil.copyfileobj(f, into)
+
+
+def dump(out: IO[bytes], root: Path, fernet_key: str, variant: str, dotenv: Path | None = None) -> dict[str, Any]:
+    """Write an archive of the volumes under `root` to `out`; returns its manifest. `dotenv`: include that file
+    (the stack's secrets) and MLflow's login files."""
+    checksums: dict[str, str] = {}
+    parts: dict[str, dict[str, Any]] = {}
+    with tarfile.open(fileobj=out, mode="w|gz") as tar:
+        for part, description in PARTS.items():
+            names, size = [], 0
+            for path in files_of(root / part):
+                name = f"{part}/{path.relative_to(root / part).as_posix()}"
+                if name in SECRETS and dotenv is None:
+                    continue
+                try:
+                    size += add(tar, name, path, checksums)
+                except FileNotFoundError:  # removed since the walk (log retention, a temporary file): not state
+                    continue
+                names.append(name)
+            part_sum = hashlib.sha256("".join(f"{n}\0{checksums.get(n, '')}\n" for n in names).encode()).hexdigest()
+            parts[part] = {"description": description, "entries": len(names), "bytes": size, "sha256": part_sum}
+            if (root / part).is_dir():  # a volume's own directory: a new volume's would belong to root
+                top = (root / part).stat()
+                parts[part]["owner"] = [top.st_uid, top.st_gid, top.st_mode & 0o7777]
+        if dotenv is not None:
+            add(tar, DOTENV, dotenv, checksums)
+        manifest = {
+            "format": FORMAT,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "variant": variant,
+            "versions": versions(),
+            "fernet_key_fingerprint": fingerprint(fernet_key),
+            "with_secrets": dotenv is not None,
+            "parts": parts,
+            "files": checksums,
+        }
+        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size, info.mtime, info.mode = len(text), int(datetime.now(UTC).timestamp()), 0o644
+        tar.addfile(info, io.BytesIO(text))
+    return manifest
+
+
+def add(tar: tarfile.TarFile, name: str, path: Path, checksums: dict[str, str]) -> int:
+    """One directory or file, with its owner, mode and time; a file's checksum goes to `checksums`."""
+    stat = path.lstat()
+    info = tarfile.TarInfo(name)
+    info.mode, info.uid, info.gid, info.mtime = stat.st_mode & 0o7777, stat.st_uid, stat.st_gid, int(stat.st_mtime)
+    if path.is_dir() and not path.is_symlink():
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        return 0
+    if not path.is_file() or path.is_symlink():
+        return 0  # nothing in these volumes is a link or a device; never follow one out of the volume
+    with tempfile.SpooledTemporaryFile(max_size=16 * 2**20) as copy:
+        copy_of(path, copy)
+        info.size = copy.tell()
+        copy.seek(0)
+        checksums[name] = hashlib.file_digest(copy, "sha256").hexdigest()
+        copy.seek(0)
+        tar.addfile(info, copy)
+    return info.size
