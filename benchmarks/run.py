@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import batch_part, compose_parts, monitoring_cost, peers, report, serving
+from benchmarks import backup_part, batch_part, compose_parts, monitoring_cost, peers, report, serving
 from benchmarks.common import BENCH, AirflowError, BenchError, Stack, log, machine
 
 PARTS = (
@@ -38,6 +38,7 @@ PARTS = (
     "recovery",
     "drift-monitor",
     "batch",
+    "backup",
     "peers",
 )
 # the order they run in
@@ -51,6 +52,7 @@ COMPOSE = (
     "drift-monitor",
     "batch",
     "recovery",
+    "backup",
 )
 
 
@@ -134,6 +136,9 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
             results["plots"]["cold-start"] = ["cold_start.png"]
         if "memory" in wanted:
             results.attempt("memory", lambda: results.add("memory", memory(stack, starts)))
+        after_demo = None
+        if "backup" in wanted:  # on the state the demo left; the rest of the part runs last
+            after_demo = results.attempt("backup", lambda: backup_part.round_trip(stack, tmp, "after the demo"))
         if "serving-compose" in wanted:
             results.attempt("serving-compose", lambda: serving_compose(stack, args, results))
         if "monitoring" in wanted:
@@ -155,6 +160,8 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
             results.attempt("batch", lambda: results.add("batch", batch_part.measure(stack, args.runs)))
         if "recovery" in wanted:
             results.attempt("recovery", lambda: results.add("recovery", compose_parts.recovery(stack, args.runs)))
+        if after_demo is not None:
+            results.attempt("backup", lambda: results.add("backup", backup_part.measure(stack, tmp, after_demo)))
     finally:
         log("compose: down -v")
         stack.down()

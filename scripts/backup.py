@@ -16,6 +16,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from scripts.stackenv import COMPOSE_CORE, ROOT
 
@@ -26,12 +27,12 @@ BACKUP = [*COMPOSE, "--profile", "backup", "run", "--rm", "--no-deps", "-T"]  # 
 MLFLOW_DB = "sqlite:////mlflow/mlruns/mlflow.db"  # mlflow/tracking_server.py's default in compose
 
 
-def step(cmd: list[str], failed: str = "", **kwargs: object) -> str:
-    """Run a command from the checkout (its stderr goes to the user); its stdout, unless redirected."""
-    result = subprocess.run(cmd, cwd=ROOT, text="stdout" not in kwargs, **kwargs)  # type: ignore[call-overload]
+def step(cmd: list[str], failed: str = "", stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> str:
+    """Run a command from the checkout: its stderr goes to the user; its output goes to `stdout`, or is returned."""
+    result = subprocess.run(cmd, cwd=ROOT, stdin=stdin, stdout=stdout or subprocess.PIPE)
     if result.returncode != 0:
-        raise SystemExit(failed or f"{cmd[0]} {' '.join(cmd[1:4])}... failed (exit code {result.returncode})")
-    return result.stdout or ""
+        raise SystemExit(failed or f"{' '.join(cmd[:4])} ... failed (exit code {result.returncode})")
+    return result.stdout.decode() if stdout is None else ""
 
 
 def backup(out: Path | None = None, with_secrets: bool = False) -> Path:
@@ -71,7 +72,7 @@ def restore(archive: Path, force: bool = False) -> None:
     step([*COMPOSE, "build", "--quiet"], "restore: the images could not be built")  # gone after ./clean_disk.sh
     with archive.open("rb") as f:
         step([*BACKUP, "backup", "verify"], refused, stdin=f)
-    held = json.loads(step([*BACKUP, "backup", "state"], refused, stdout=subprocess.PIPE))
+    held = json.loads(step([*BACKUP, "backup", "state"], refused))
     if held and not force:
         raise SystemExit(
             f"restore: the stack already has state ({', '.join(held)}); nothing was changed.\n"
@@ -79,7 +80,7 @@ def restore(archive: Path, force: bool = False) -> None:
         )
     if held:
         backup(BACKUPS / f"pre-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.tar.gz")
-    running = step([*STACK, "ps", "-q", "--status", "running"], stdout=subprocess.PIPE).split()
+    running = step([*STACK, "ps", "-q", "--status", "running"]).split()
     step([*STACK, "stop"], "restore: the stack could not be stopped; nothing was changed")
     try:
         with archive.open("rb") as f:

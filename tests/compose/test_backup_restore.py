@@ -134,7 +134,7 @@ def test_1_demo_appended_rows_a_retrain_and_logged_requests(stack: Stack) -> Non
         "dag_runs": stack.dag_runs(),
     }
     stack.before["model_files"] = stack.model_files(stack.before["champion"])
-    assert stack.before["champion"] == "2" and len(stack.before["runs"]) == 2
+    assert stack.before["champion"] == "2" and len(stack.before["runs"]) >= 2  # with the gate's nested runs
     wait_for("the log to hold the 150 requests", lambda: len(stack.logged()) >= 151, 30)  # demo's seed request too
     stack.before["logged"] = stack.logged()
 
