@@ -24,6 +24,7 @@ TITLES = {
     "drift-monitor": "6. Drift monitor: one monitor_model check over 100,000 logged rows",
     "batch": "7. Batch scoring: batch_predict on 1,000,000 rows vs. one process, and its largest task's memory",
     "peers": "8. Peers: ours against the model servers a user would pick instead (local processes, 2 workers each)",
+    "backup": "9. Backup and restore: make backup and make restore FORCE=1, after the demo and after 100 DAG runs",
 }
 
 
