@@ -178,6 +178,18 @@ def test_another_variant_a_newer_version_and_another_fernet_key_are_refused(tmp_
     check(read(io.BytesIO(older)), "default", KEY)  # an older stack's archive is fine: migrations run on start
 
 
+@pytest.mark.parametrize(
+    "change",
+    [lambda m: m.update(parts=[]), lambda m: m["parts"]["batch"].update(owner="root"), lambda m: m.update(files=None)],
+)
+def test_a_manifest_of_another_shape_is_refused_before_anything_is_touched(tmp_path: Path, change: object) -> None:
+    target = state(tmp_path / "target")
+    before = checksums(target)
+    with pytest.raises(BackupError, match="manifest is not one make backup writes"):
+        restore(io.BytesIO(rewritten(archive_of(state(tmp_path / "source")), change)), target, "default", KEY, True)
+    assert checksums(target) == before
+
+
 def test_a_stack_with_state_is_replaced_only_when_forced(tmp_path: Path) -> None:
     archive = archive_of(state(tmp_path / "source"))
     target = tmp_path / "target"

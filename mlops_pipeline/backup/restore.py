@@ -82,6 +82,8 @@ def read(stream: IO[bytes], root: Path | None = None) -> dict[str, Any]:
         raise BackupError(f"the archive's manifest is not JSON ({exc}): the archive is corrupted") from None
     if manifest is None:
         raise BackupError("the archive has no manifest: it is truncated, or it was not made by make backup")
+    if not well_formed(manifest):
+        raise BackupError("the archive's manifest is not one make backup writes: the archive is corrupted")
     if manifest.get("format") != FORMAT:
         raise BackupError(f"unknown archive format {manifest.get('format')!r} (this stack reads format {FORMAT})")
     expected = manifest.get("files") or {}
@@ -90,6 +92,32 @@ def read(stream: IO[bytes], root: Path | None = None) -> dict[str, Any]:
             what = "is missing" if name not in seen else "is not in the manifest" if name not in expected else None
             raise BackupError(f"{name} {what or 'does not match its checksum'}: the archive is corrupted")
     return manifest
+
+
+def well_formed(manifest: object) -> bool:
+    """The manifest's shape, checked before any of it is used: an archive may come from anywhere."""
+    if not isinstance(manifest, dict):
+        return False
+    files, parts, versions_ = manifest.get("files"), manifest.get("parts"), manifest.get("versions")
+    return (
+        isinstance(files, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        and isinstance(versions_, dict)
+        and all(isinstance(v, str) for v in versions_.values())
+        and isinstance(parts, dict)
+        and all(
+            isinstance(about, dict)
+            and (
+                "owner" not in about
+                or (
+                    isinstance(about["owner"], list)
+                    and len(about["owner"]) == 3
+                    and all(type(n) is int and 0 <= n < 2**32 for n in about["owner"])
+                )
+            )
+            for about in parts.values()
+        )
+    )
 
 
 def keep_owner(path: Path, member: tarfile.TarInfo) -> None:
