@@ -289,3 +289,10 @@ def test_files_sqlite_creates_while_copying_belong_to_the_databases_owner(
     monkeypatch.setattr(archive.sqlite3, "connect", connect)
     archive_of(source)
     assert {"airflow.db-wal", "airflow.db-shm"} <= set(seen) and set(seen.values()) == {50000}, seen
+
+
+def test_the_summary_warns_when_every_volume_is_empty(tmp_path: Path) -> None:
+    from mlops_pipeline.backup.__main__ import summary
+
+    assert "WARNING: every volume is empty" in summary(read(io.BytesIO(archive_of(tmp_path / "nothing"))))
+    assert "WARNING" not in summary(read(io.BytesIO(archive_of(state(tmp_path / "source")))))

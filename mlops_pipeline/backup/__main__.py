@@ -20,6 +20,8 @@ def summary(manifest: dict[str, Any]) -> str:
         lines.append(
             f"backup:   {part}: {about['entries']} entries, {about['bytes'] / 2**20:.1f} MiB ({about['description']})"
         )
+    if not any(about["entries"] for about in manifest["parts"].values()):
+        lines.append("backup: WARNING: every volume is empty: is this the stack's project (COMPOSE_PROJECT_NAME)?")
     if manifest.get("with_secrets"):
         lines.append("backup: WITH SECRETS: this archive holds .env and MLflow's login files; keep it like a password")
     return "\n".join(lines)
