@@ -89,19 +89,18 @@ class Stack(ComposeProject):
             for r in airflow.runs(dag)
         }
 
+    def in_backup(self, program: str, *args: str) -> str:
+        """A program's output, run in the backup service's container (every state volume under /state)."""
+        run = ("--profile", "backup", "run", "--rm", "--no-deps", "-T", "--entrypoint", program, "backup")
+        return self.compose(*run, *args).stdout
+
     def logged(self) -> list[str]:
         """The inference log's request IDs, read from its volume."""
-        read = "cat /state/inference_log/date=*/*.jsonl 2>/dev/null; true"
-        out = self.compose(
-            "--profile", "backup", "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "backup", "-c", read
-        )
-        return [json.loads(line)["request_id"] for line in out.stdout.splitlines() if line.strip()]
+        out = self.in_backup("sh", "-c", "cat /state/inference_log/date=*/*.jsonl 2>/dev/null; true")
+        return [json.loads(line)["request_id"] for line in out.splitlines() if line.strip()]
 
     def volume_checksums(self) -> str:
-        walk = "cd /state && find . -type f -exec sha256sum {} + | sort"
-        return self.compose(
-            "--profile", "backup", "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "backup", "-c", walk
-        ).stdout
+        return self.in_backup("sh", "-c", "cd /state && find . -type f -exec sha256sum {} + | sort")
 
     def champion(self) -> str:
         status, champion = registry_champion_version(self.mlflow_url, MODEL_NAME, mlflow_login(self.cfg))
@@ -235,21 +234,7 @@ def restore_and_check(stack: Stack) -> None:
     assert airflow.call("GET", "/variables/backup_check")["value"] == SECRET_VALUE  # the Fernet key still opens it
     check = "import sqlite3, sys; print([sqlite3.connect(p).execute('PRAGMA integrity_check').fetchone()[0] "
     check += "for p in sys.argv[1:]])"
-    out = stack.compose(
-        "--profile",
-        "backup",
-        "run",
-        "--rm",
-        "--no-deps",
-        "-T",
-        "--entrypoint",
-        "python",
-        "backup",
-        "-c",
-        check,
-        "/state/airflow_db/airflow.db",
-        "/state/mlruns/mlflow.db",
-    )
-    assert out.stdout.strip() == "['ok', 'ok']"
+    out = stack.in_backup("python", "-c", check, "/state/airflow_db/airflow.db", "/state/mlruns/mlflow.db")
+    assert out.strip() == "['ok', 'ok']"
     run = airflow.trigger("mlops_pipeline")
     assert airflow.wait_for_run("mlops_pipeline", run, progress=False) == "success"
