@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .PHONY: help env venv demo up down append-data predict-batch drift-demo backup restore logs local-demo local-up local-down local-status local-restart-model \
-        scale-env scale-demo scale-up scale-down monitoring-env monitoring-up monitoring-down screenshots test test-fast lint format bench clean
+        scale-env scale-demo scale-up scale-backup scale-restore scale-down monitoring-env monitoring-up monitoring-down screenshots test test-fast lint format bench clean
 
 help: ## show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -75,17 +75,25 @@ clean: ## compose: remove this project's containers, volumes and images (asks fi
 
 # --- The scale-out variant: CeleryExecutor, PostgreSQL, Redis, SeaweedFS (docs/scale-out.md) --------------
 SCALE_COMPOSE := docker compose -f docker-compose.yml -f docker-compose.scale.yml
+SCALE_FILES := --compose-file docker-compose.yml --compose-file docker-compose.scale.yml
 SCALE_SERVICES := mlflow-server airflow-webserver airflow-scheduler airflow-dag-processor airflow-worker
 
 scale-env: ## scale: create .env, or add the scale variant's secrets to an existing one (other lines untouched)
 	@python3 -m scripts.make_env --add-missing
 
 scale-demo: scale-env $(SCRIPTS_VENV)/.synced ## scale: the demo on Celery workers, PostgreSQL and S3 artifacts
-	$(SCRIPTS_VENV)/bin/python -m scripts.demo compose --compose-file docker-compose.yml --compose-file docker-compose.scale.yml
+	$(SCRIPTS_VENV)/bin/python -m scripts.demo compose $(SCALE_FILES)
 
 scale-up: scale-env ## scale: start the scale variant and wait until it is healthy
 	$(SCALE_COMPOSE) up -d --build --wait $(SCALE_SERVICES)
 	$(SCALE_COMPOSE) up -d --no-build model-server
+
+scale-backup: scale-env $(SCRIPTS_VENV)/.synced ## scale: make backup for the scale variant (both databases by pg_dump, the buckets, the volumes)
+	$(SCRIPTS_VENV)/bin/python -m scripts.backup $(SCALE_FILES) backup $(if $(OUT),--out "$(OUT)") $(if $(filter 1,$(WITH_SECRETS)),--with-secrets)
+
+scale-restore: scale-env $(SCRIPTS_VENV)/.synced ## scale: make restore for the scale variant (FILE=...; FORCE=1 if state exists: it is saved first)
+	@test -n "$(FILE)" || { echo "usage: make scale-restore FILE=backups/<archive>.tar.gz [FORCE=1] (docs/backup.md)" >&2; exit 2; }
+	$(SCRIPTS_VENV)/bin/python -m scripts.backup $(SCALE_FILES) restore "$(FILE)" $(if $(filter 1,$(FORCE)),--force)
 
 scale-down: ## scale: stop the scale variant, Flower included (volumes, i.e. both databases and the bucket, are kept)
 	$(SCALE_COMPOSE) --profile flower --profile monitoring down

@@ -19,7 +19,7 @@ import pytest
 from mlops_pipeline.backup import archive
 from mlops_pipeline.backup import restore as restore_module
 from mlops_pipeline.backup.__main__ import main
-from mlops_pipeline.backup.archive import DOTENV, MANIFEST, PARTS, BackupError, dump, fingerprint, versions
+from mlops_pipeline.backup.archive import DOTENV, MANIFEST, VARIANTS, BackupError, dump, fingerprint, versions
 from mlops_pipeline.backup.restore import check, present, read, restore
 
 KEY = "k" * 43 + "="
@@ -91,7 +91,7 @@ def test_an_archive_holds_every_volume_and_restores_them_byte_for_byte(tmp_path:
     manifest = read(io.BytesIO(archive))
     assert manifest["variant"] == "default" and manifest["versions"] == versions()
     assert manifest["fernet_key_fingerprint"] == fingerprint(KEY) and KEY not in json.dumps(manifest)
-    assert set(manifest["parts"]) == set(PARTS) and manifest["parts"]["mlruns"]["bytes"] > 10_000
+    assert set(manifest["parts"]) == set(VARIANTS["default"]) and manifest["parts"]["mlruns"]["bytes"] > 10_000
     assert "mlruns/flask_secret_key" not in manifest["files"] and not manifest["with_secrets"]
 
     target = tmp_path / "target"
@@ -107,7 +107,7 @@ def test_an_archive_holds_every_volume_and_restores_them_byte_for_byte(tmp_path:
     (source / "batch").chmod(0o750)
     restore(io.BytesIO(archive_of(source)), target, "default", KEY, force=True)
     assert (target / "batch").stat().st_mode & 0o777 == 0o750  # a volume's own directory keeps its mode
-    assert present(target) == [p for p in PARTS if p != "batch"]
+    assert present(target, "default") == [p for p in VARIANTS["default"] if p != "batch"]
 
 
 def test_with_secrets_the_archive_holds_dotenv_and_mlflows_login_files(tmp_path: Path) -> None:

@@ -76,13 +76,15 @@ def test_no_version_key_and_the_seed_service_names(spec: dict) -> None:
 
 
 def test_the_backup_service_holds_every_volume_but_the_monitoring_history(spec: dict) -> None:
-    """A new volume must be added to the backup (mlops_pipeline/backup PARTS) or named here as left out."""
-    from mlops_pipeline.backup.archive import PARTS
+    """A new volume must be added to the backup (mlops_pipeline/backup VARIANTS) or named here as left out."""
+    from mlops_pipeline.backup.archive import VARIANTS
+
+    parts = VARIANTS["default"]
 
     left_out = {"prometheus_data", "grafana_data"}  # docs/backup.md says why
     mounts = dict(m.split(":")[::-1] for m in spec["services"]["backup"]["volumes"])
-    assert set(spec["volumes"]) - left_out == set(PARTS) == {target.split("/")[-1] for target in mounts}
-    assert all(mounts[f"/state/{part}"] == part for part in PARTS)
+    assert set(spec["volumes"]) - left_out == set(parts) == {target.split("/")[-1] for target in mounts}
+    assert all(mounts[f"/state/{part}"] == part for part in parts)
     backup = spec["services"]["backup"]
     assert backup["network_mode"] == "none" and backup["cap_drop"] == ["ALL"]
 

@@ -148,3 +148,24 @@ def test_no_secret_values_in_the_file() -> None:
         for key in (*SECRET_KEYS, "S3_ACCESS_KEY_ID"):
             if key in line:
                 assert "${" + key in line, line
+
+
+def test_the_backup_service_reaches_the_engines_as_their_admins_and_mounts_the_variants_volumes(
+    env_file: Path,
+) -> None:
+    """make scale-backup: pg_dump as PostgreSQL's superuser, every bucket as the S3 admin (the only other holder of
+    those keys besides mlflow-server and create-bucket), and the volumes the scale variant still uses."""
+    from mlops_pipeline.backup.archive import volumes
+
+    result = compose(env_file, "--profile", "backup", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services, env = json.loads(result.stdout)["services"], read_env_file(env_file)
+    backup = services["backup"]
+    assert backup["image"].endswith("-scale") and "network_mode" not in backup
+    assert set(backup["networks"]) == {"default", "artifacts"}
+    assert backup["environment"]["BACKUP_VARIANT"] == "scale"
+    assert backup["environment"]["PGPASSWORD"] == env["POSTGRES_PASSWORD"]
+    assert backup["environment"]["AWS_SECRET_ACCESS_KEY"] == env["S3_SECRET_ACCESS_KEY"]
+    assert {m["target"]: m["source"] for m in backup["volumes"]} == {f"/state/{v}": v for v in volumes("scale")}
+    assert services["airflow-init"]["build"]["args"]["EXTRA_APT"] == "postgresql-client-15"
+    assert backup["cap_drop"] == ["ALL"] and backup["user"] == "0:0"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mlops_pipeline.backup.archive import STATE_ROOT, BackupError, dump
+from mlops_pipeline.backup import engines as engine
+from mlops_pipeline.backup.archive import STATE_ROOT, VARIANTS, BackupError, dump
 from mlops_pipeline.backup.restore import check, present, read, restore
 from mlops_pipeline.schema import ConfigError
 from mlops_pipeline.settings import BackupSettings, from_env
@@ -40,17 +42,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     key, variant = settings.fernet_key.get_secret_value(), settings.backup_variant
     try:
+        scale = "postgres" in VARIANTS[variant]
+        s3 = engine.s3_client() if scale and args.command != "verify" else None
         if args.command == "dump":
-            manifest = dump(sys.stdout.buffer, STATE_ROOT, key, variant, args.dotenv)
+            sources = {"postgres": engine.database_members, "bucket": partial(engine.bucket_members, s3)}
+            manifest = dump(sys.stdout.buffer, STATE_ROOT, key, variant, args.dotenv, sources if scale else None)
         elif args.command == "verify":
             manifest = read(sys.stdin.buffer)
             check(manifest, variant, key)
         elif args.command == "state":
-            print(json.dumps(present(STATE_ROOT)))
+            print(json.dumps(present(STATE_ROOT, variant) + (engine.present(s3) if scale else [])))
             return 0
         else:
-            manifest = restore(sys.stdin.buffer, STATE_ROOT, variant, key, args.force)
-    except BackupError as exc:
+            manifest = restore(sys.stdin.buffer, STATE_ROOT, variant, key, args.force, s3)
+    except (BackupError, *engine.S3_ERRORS) as exc:
         print(f"backup: {exc}", file=sys.stderr)
         return 1
     print(summary(manifest), file=sys.stderr)

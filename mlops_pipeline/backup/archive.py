@@ -10,23 +10,37 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+Member = tuple[str, Callable[[IO[bytes]], Any]]  # an archive member's name, and what writes its content
+
 FORMAT = 1
 MANIFEST = "manifest.json"
 STATE_ROOT = Path("/state")
-# The volumes an archive holds (docker-compose.yml's names), in the order they are copied: the databases come
-# before the files they point to, so every artifact a copied run names is in the archive too.
+# What an archive may hold: the volumes (docker-compose.yml's names) and, in the scale variant, the engines'
+# state (mlops_pipeline/backup/engines.py).
 PARTS = {
+    "postgres": "PostgreSQL's databases: Airflow's, MLflow's and the inference log, by pg_dump",
+    "bucket": "the S3 buckets: MLflow's artifacts (models, plots) and batch_predict's files",
     "airflow_db": "Airflow's metadata database: DAG runs, task history, users, connections, variables",
     "mlruns": "MLflow's database (runs, metrics, the registry) and its artifacts (models, plots)",
     "training_data": "the training data the DAG reads and appends to",
     "inference_log": "what the model-server predicted, for the drift monitor",
     "airflow_logs": "Airflow's task logs",
     "batch": "batch_predict's input files and outputs",
+}
+ENGINES = ("postgres", "bucket")  # not volumes: dump() gets their members from its caller
+# Each variant's parts, in the order they are copied: the databases come before the files they point to, so
+# every artifact a copied run names is in the archive too. The scale variant keeps its databases, the inference
+# log and batch_predict's files in PostgreSQL and the buckets (mlruns holds only MLflow's login there).
+VARIANTS = {
+    "default": ("airflow_db", "mlruns", "training_data", "inference_log", "airflow_logs", "batch"),
+    "scale": ("postgres", "bucket", "mlruns", "training_data", "airflow_logs"),
 }
 # Credentials kept in the volumes (MLflow's login: its users' password hashes and its signing key): in an archive
 # only with --with-secrets, like .env (stored as DOTENV).
@@ -93,25 +107,43 @@ def snapshot(path: Path, into: IO[bytes]) -> None:
             shutil.copyfileobj(f, into)
 
 
-def dump(out: IO[bytes], root: Path, fernet_key: str, variant: str, dotenv: Path | None = None) -> dict[str, Any]:
-    """Write an archive of the volumes under `root` to `out`; returns its manifest. `dotenv`: include that file
-    (the stack's secrets) and MLflow's login files."""
+def volumes(variant: str) -> list[str]:
+    return [part for part in VARIANTS[variant] if part not in ENGINES]
+
+
+def dump(
+    out: IO[bytes],
+    root: Path,
+    fernet_key: str,
+    variant: str,
+    dotenv: Path | None = None,
+    engines: dict[str, Callable[[], Iterable[Member]]] | None = None,
+) -> dict[str, Any]:
+    """Write an archive of the variant's volumes under `root` (and of `engines`' members) to `out`; returns its
+    manifest. `dotenv`: include that file (the stack's secrets) and MLflow's login files."""
     checksums: dict[str, str] = {}
     parts: dict[str, dict[str, Any]] = {}
     with tarfile.open(fileobj=out, mode="w|gz") as tar:
-        for part, description in PARTS.items():
+        for part in VARIANTS[variant]:
             names, size = [], 0
-            for path in files_of(root / part):
-                name = f"{part}/{path.relative_to(root / part).as_posix()}"
-                if name in SECRETS and dotenv is None:
-                    continue
-                try:
-                    size += add(tar, name, path, checksums)
-                except FileNotFoundError:  # removed since the walk (log retention, a temporary file): not state
-                    continue
-                names.append(name)
+            if part in ENGINES:
+                for name, write in (engines or {})[part]():
+                    info = tarfile.TarInfo(name)
+                    info.mtime, info.mode = int(datetime.now(UTC).timestamp()), 0o600
+                    size += add_content(tar, info, write, checksums)
+                    names.append(name)
+            else:
+                for path in files_of(root / part):
+                    name = f"{part}/{path.relative_to(root / part).as_posix()}"
+                    if name in SECRETS and dotenv is None:
+                        continue
+                    try:
+                        size += add(tar, name, path, checksums)
+                    except FileNotFoundError:  # removed since the walk (log retention, a temporary file): not state
+                        continue
+                    names.append(name)
             part_sum = hashlib.sha256("".join(f"{n}\0{checksums.get(n, '')}\n" for n in names).encode()).hexdigest()
-            parts[part] = {"description": description, "entries": len(names), "bytes": size, "sha256": part_sum}
+            parts[part] = {"description": PARTS[part], "entries": len(names), "bytes": size, "sha256": part_sum}
             if (root / part).is_dir():  # a volume's own directory: a new volume's would belong to root
                 top = (root / part).stat()
                 parts[part]["owner"] = [top.st_uid, top.st_gid, top.st_mode & 0o7777]
@@ -145,11 +177,18 @@ def add(tar: tarfile.TarFile, name: str, path: Path, checksums: dict[str, str]) 
         return 0
     if not path.is_file() or path.is_symlink():
         return 0  # nothing in these volumes is a link or a device; never follow one out of the volume
+    return add_content(tar, info, partial(copy_of, path), checksums)
+
+
+def add_content(
+    tar: tarfile.TarFile, info: tarfile.TarInfo, write: Callable[[IO[bytes]], Any], checksums: dict[str, str]
+) -> int:
+    """A file whose content `write` produces (spooled: a tar header needs the size first)."""
     with tempfile.SpooledTemporaryFile(max_size=16 * 2**20) as copy:
-        copy_of(path, copy)
-        info.size = copy.tell()
+        write(copy)
+        info.size = copy.seek(0, io.SEEK_END)  # not tell(): pg_dump seeks back to fill in its table of contents
         copy.seek(0)
-        checksums[name] = hashlib.file_digest(copy, "sha256").hexdigest()
+        checksums[info.name] = hashlib.file_digest(copy, "sha256").hexdigest()
         copy.seek(0)
         tar.addfile(info, copy)
     return info.size

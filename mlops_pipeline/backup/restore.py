@@ -8,22 +8,28 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from packaging.version import InvalidVersion, Version
 
+from mlops_pipeline.backup import engines as engine
 from mlops_pipeline.backup.archive import (
     DOTENV,
+    ENGINES,
     FORMAT,
     MANIFEST,
     PARTS,
     PREVIOUS,
     STAGING,
+    VARIANTS,
     BackupError,
     fingerprint,
     versions,
+    volumes,
 )
 
 
@@ -38,9 +44,9 @@ def member_name(name: str) -> str:
     return name
 
 
-def read(stream: IO[bytes], root: Path | None = None) -> dict[str, Any]:
-    """Read a whole archive and check every file against the manifest; returns the manifest. With `root`, each
-    volume's entries are also written to root/<volume>/STAGING (with their owner when run as root)."""
+def read(stream: IO[bytes], stage: Callable[[str], Path] | None = None) -> dict[str, Any]:
+    """Read a whole archive and check every file against the manifest; returns the manifest. With `stage`, each
+    part's entries are also written to the directory stage(part) (with their owner when run as root)."""
     seen: dict[str, str] = {}
     manifest: dict[str, Any] | None = None
     try:
@@ -57,9 +63,9 @@ def read(stream: IO[bytes], root: Path | None = None) -> dict[str, Any]:
                     manifest = json.loads(source.read())
                     continue
                 target = None
-                if root is not None and name != DOTENV:
+                if stage is not None and name != DOTENV:
                     part, *rest = PurePosixPath(name).parts
-                    target = root / part / STAGING / Path(*rest)
+                    target = stage(part) / Path(*rest)
                     target.parent.mkdir(parents=True, exist_ok=True)
                 if source is None:
                     if target is not None:
@@ -163,48 +169,80 @@ def check(manifest: dict[str, Any], variant: str, fernet_key: str) -> None:
         )
 
 
-def present(root: Path) -> list[str]:
-    """The parts that hold anything: a restore over them needs --force."""
-    return [part for part in PARTS if (root / part).is_dir() and entries(root / part)]
+def present(root: Path, variant: str) -> list[str]:
+    """The volumes that hold anything: a restore over them needs --force."""
+    return [part for part in volumes(variant) if (root / part).is_dir() and entries(root / part)]
 
 
 def entries(base: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.name not in (STAGING, PREVIOUS))
 
 
-def restore(stream: IO[bytes], root: Path, variant: str, fernet_key: str, force: bool = False) -> dict[str, Any]:
-    """Replace the state under `root` with the archive's: staged and checked in full first, then swapped."""
-    held = present(root)
+def restore(
+    stream: IO[bytes], root: Path, variant: str, fernet_key: str, force: bool = False, s3: Any = None
+) -> dict[str, Any]:
+    """Replace the state under `root` (and, in the scale variant, in PostgreSQL and the buckets, through `s3`;
+    None: no object store) with the archive's: staged and checked in full first, then swapped."""
+    held = present(root, variant) + (engine.present(s3) if "postgres" in VARIANTS[variant] else [])
     if held and not force:
         raise BackupError(
             f"the stack already has state ({', '.join(held)}); nothing was changed. FORCE=1 saves it to an "
             "archive under backups/ first, then replaces it"
         )
-    for part in PARTS:
+    parts = volumes(variant)
+    for part in parts:
         shutil.rmtree(root / part / STAGING, ignore_errors=True)  # an earlier attempt that was killed
         (root / part / STAGING).mkdir(parents=True)
-    try:
-        manifest = read(stream, root)
-        check(manifest, variant, fernet_key)
-        swap(root)
-        for part, about in manifest["parts"].items():
-            if part in PARTS and "owner" in about:
-                uid, gid, mode = about["owner"]
-                if os.geteuid() == 0:
-                    os.chown(root / part, uid, gid)
-                os.chmod(root / part, mode)
-    finally:
-        for part in PARTS:
-            shutil.rmtree(root / part / STAGING, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as scratch:
+
+        def stage(part: str) -> Path:
+            if part not in VARIANTS[variant]:
+                raise BackupError(
+                    f"the archive holds {part}, which the {variant} variant's stack does not have: it is an archive "
+                    "of the other variant; restore it into a stack of that variant"
+                )
+            return Path(scratch) / part if part in ENGINES else root / part / STAGING
+
+        try:
+            manifest = read(stream, stage)
+            check(manifest, variant, fernet_key)
+            swap_all(root, parts, Path(scratch), "postgres" in VARIANTS[variant], s3)
+            for part, about in manifest["parts"].items():
+                if part in parts and "owner" in about:
+                    uid, gid, mode = about["owner"]
+                    if os.geteuid() == 0:
+                        os.chown(root / part, uid, gid)
+                    os.chmod(root / part, mode)
+        finally:
+            for part in parts:
+                shutil.rmtree(root / part / STAGING, ignore_errors=True)
     return manifest
 
 
-def swap(root: Path) -> None:
+def swap_all(root: Path, parts: list[str], scratch: Path, scale: bool, s3: Any) -> None:
+    """The scale variant's objects first (added beside the old ones), then its databases (the old ones renamed
+    aside), then the volumes; a failure undoes the databases too. Only then is the old state dropped."""
+    if not scale:
+        swap(root, parts)
+        return
+    kept = engine.upload(s3, scratch / "bucket")
+    dumps = {p.stem: p for p in sorted((scratch / "postgres").glob("*.dump"))}
+    undo = engine.swap_databases(dumps)
+    try:
+        swap(root, parts)
+    except BaseException:
+        undo()
+        raise
+    engine.drop_aside(list(dumps))
+    engine.prune(s3, kept)
+
+
+def swap(root: Path, parts: list[str]) -> None:
     """Each part's current entries go aside, the staged ones take their place; a failure undoes every rename
     done so far, last first. The old entries are deleted only once every part is swapped."""
     done: list[tuple[Path, Path]] = []
     try:
-        for part in PARTS:
+        for part in parts:
             base = root / part
             shutil.rmtree(base / PREVIOUS, ignore_errors=True)
             (base / PREVIOUS).mkdir()
@@ -216,9 +254,9 @@ def swap(root: Path) -> None:
     except BaseException:
         for source, moved in reversed(done):
             moved.rename(source)
-        for part in PARTS:
+        for part in parts:
             if (root / part / PREVIOUS).is_dir():
                 (root / part / PREVIOUS).rmdir()  # empty again: a failure here leaves it, and says so
         raise
-    for part in PARTS:
+    for part in parts:
         shutil.rmtree(root / part / PREVIOUS)

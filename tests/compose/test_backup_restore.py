@@ -22,7 +22,7 @@ import requests
 from sklearn.datasets import load_iris
 
 from conftest import ROOT, ComposeProject, require_docker_engine
-from mlops_pipeline.backup.archive import MANIFEST, PARTS
+from mlops_pipeline.backup.archive import MANIFEST, VARIANTS
 from mlops_pipeline.schema import FEATURE_NAMES, LABEL_COLUMN, MODEL_NAME
 from scripts.stackclient import mlflow_login, registry_champion_version, wait_for_model
 from scripts.stackenv import wait_for
@@ -169,7 +169,7 @@ def test_2_a_backup_under_a_dag_run_and_serving_load_is_complete_and_consistent(
     with tarfile.open(archive) as tar:
         manifest = json.loads(tar.extractfile(MANIFEST).read())  # type: ignore[union-attr]
         names = tar.getnames()
-    assert set(manifest["parts"]) == set(PARTS) and not manifest["with_secrets"]
+    assert set(manifest["parts"]) == set(VARIANTS["default"]) and not manifest["with_secrets"]
     assert {"airflow_db/airflow.db", "mlruns/mlflow.db", "training_data/iris.csv"} <= set(names)
     assert not any(name.endswith(("-wal", "-shm", ".env")) for name in names)
     assert airflow.wait_for_run("monitor_model", monitor, progress=False) in ("success", "failed")
