@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 import uuid
@@ -27,6 +28,7 @@ from mlops_pipeline.schema import FEATURE_NAMES
 from scripts.make_env import SECRET_KEYS
 from scripts.stackclient import Airflow
 from scripts.stackenv import read_env_file, wait_for
+from test_backup import rewritten
 
 pytestmark = pytest.mark.compose
 PROJECT = "mlopsscale"
@@ -51,6 +53,7 @@ class ScaleStack(ComposeProject):
         # shows that the switch costs no run. The stand-in Prometheus cannot receive them (docs/monitoring.md).
         files = ("docker-compose.yml", "docker-compose.scale.yml")
         super().__init__(workdir, PROJECT, files, AIRFLOW_OTEL_METRICS="true", BATCH_CHUNK_ROWS="300")
+        self.workdir = workdir
         self.images = [f"{PROJECT}-airflow:latest-scale", f"{PROJECT}-mlflow:latest-scale"]
         self.dag_runs: list[str] = []  # successful DAG runs so far, in order
         self.started = 0.0
@@ -568,3 +571,61 @@ def test_7_memory_after_the_runs_and_no_secret_in_logs_or_images(stack: ScaleSta
             stack.run("docker", "history", "--no-trunc", image).stdout + stack.run("docker", "inspect", image).stdout
         )
         assert not [s for s in secrets if s in history], image
+
+
+def test_8_backup_and_restore_over_postgres_and_the_bucket_onto_an_empty_machine(stack: ScaleStack) -> None:
+    """make scale-backup of the running stack; every volume gone (down -v: both databases, the bucket, the queue);
+    make scale-restore on that empty machine: the same MLflow runs, versions and champion, the same DAG runs and
+    task history, every object of the buckets, every inference-log row, the same predictions; then a new run."""
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+    with requests.Session() as session:
+        answers = [session.post(f"{stack.model_url}/invocations", json={"inputs": [r]}, timeout=30) for r in rows]
+    assert all(a.status_code == 200 for a in answers)
+    predictions = [a.json()["predictions"] for a in answers]
+    logged = (  # the row count and a digest of every logged record
+        "psql -U postgres -d inference_log -tAc "
+        "\"select count(*) || ' ' || md5(string_agg(record::text, '|' order by record::text)) from inference_log\""
+    )
+    wait_for("the requests in the inference log", lambda: stack.sh("postgres", logged).stdout.split()[0] != "0", 30)
+    time.sleep(3)  # the model-server's last flush
+    before = {**stack.state(), "bucket": sorted(stack.bucket_keys()), "logged": stack.sh("postgres", logged).stdout}
+    files = ("--compose-file", "docker-compose.yml", "--compose-file", "docker-compose.scale.yml")
+    archive = stack.workdir / "scale.tar.gz"
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        run = stack.run(sys.executable, "-m", "scripts.backup", *files, *args, check=False, timeout=1200)
+        print(run.stdout[-3000:], run.stderr[-3000:])
+        return run
+
+    started = time.monotonic()
+    made = script("backup", "--out", str(archive))
+    assert made.returncode == 0, made.stderr
+    stack.results["scale_backup_s"] = round(time.monotonic() - started, 1)
+    stack.results["scale_archive_mb"] = round(archive.stat().st_size / 2**20, 2)
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert manifest["variant"] == "scale"
+    dumps = {n for n in manifest["files"] if n.startswith("postgres/")}
+    assert dumps == {"postgres/airflow.dump", "postgres/mlflow.dump", "postgres/inference_log.dump"}
+    objects = {n.split("/", 2)[2] for n in manifest["files"] if n.startswith(f"bucket/{stack.cfg['S3_BUCKET']}/")}
+    assert objects == set(before["bucket"]) and objects
+
+    default_archive = stack.workdir / "default-variant.tar.gz"  # the other variant is refused, nothing changes
+    default_archive.write_bytes(rewritten(archive.read_bytes(), lambda m: m.update(variant="default")))
+    refused = script("restore", str(default_archive), "--force")
+    assert refused.returncode != 0 and "default variant" in refused.stderr, refused.stderr
+
+    stack.compose("--profile", "flower", "--profile", "monitoring", "down", "--volumes", "--remove-orphans")
+    label = f"label=com.docker.compose.project={PROJECT}"
+    assert stack.run("docker", "volume", "ls", "-q", "--filter", label).stdout.strip() == ""
+    started = time.monotonic()
+    restored = script("restore", str(archive))
+    assert restored.returncode == 0, restored.stderr
+    stack.results["scale_restore_s"] = round(time.monotonic() - started, 1)
+    assert stack.sh("postgres", logged).stdout == before["logged"]  # every row, before any new request
+    wait_for("the champion served", lambda: stack.predict().status_code == 200, 180)
+    assert {**stack.state(), "bucket": sorted(stack.bucket_keys()), "logged": before["logged"]} == before
+    with requests.Session() as session:
+        again = [session.post(f"{stack.model_url}/invocations", json={"inputs": [r]}, timeout=30) for r in rows]
+    assert [a.json()["predictions"] for a in again] == predictions
+    stack.run_dag()
