@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DAG_ID, ROOT, Airflow, AirflowError, BenchError, Stack, detail, log, wait_for
+from benchmarks.common import DAG_ID, ROOT, BenchError, Stack, detail, log, wait_for
 from benchmarks.compose_parts import no_other_runs
 
 PART = "backup"
@@ -49,27 +49,12 @@ def top_up_runs(stack: Stack) -> int:
     log(f"backup: {have} runs of {DAG_ID} so far; triggering {missing} more, {IN_FLIGHT} at a time")
     for _ in range(missing):
         wait_for("room for another run", lambda: active(stack) < IN_FLIGHT, 900, interval=1)
-        trigger(stack, airflow)
+        airflow.trigger(DAG_ID)  # retried on SQLite's HTTP 500 (scripts/stackclient.py)
     wait_for(f"{missing} DAG runs", lambda: active(stack) == 0, 1800, interval=2)
     failed = airflow.call("GET", f"/dags/{DAG_ID}/dagRuns?state=failed&limit=1")["total_entries"]
     if failed:
         raise BenchError(f"{failed} runs of {DAG_ID} failed")
     return missing
-
-
-def trigger(stack: Stack, airflow: Airflow, tries: int = 5) -> None:
-    """One more run; a refused trigger (HTTP 500 "Database error": SQLite's lock, busy with the scheduler's writes)
-    is logged with the api-server's reason and tried again: nothing was created."""
-    for attempt in range(tries):
-        try:
-            airflow.trigger(DAG_ID)
-            return
-        except AirflowError as exc:
-            logs = stack.compose("logs", "--no-color", "--since", "2m", "airflow-webserver", check=False).stdout
-            reason = [line for line in logs.splitlines() if "Error" in line or "locked" in line][-3:]
-            log(f"backup: trigger {attempt + 1}/{tries} refused ({str(exc)[:80]}); api-server: {reason}")
-            time.sleep(2)
-    raise BenchError(f"{DAG_ID} could not be triggered {tries} times in a row")
 
 
 def active(stack: Stack) -> int:

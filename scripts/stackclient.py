@@ -12,7 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import NoReturn
 from urllib.parse import quote
 
@@ -80,11 +82,21 @@ class Airflow:
         if answer.get("is_paused") is not paused:
             raise AirflowError(f"{dag_id}: is_paused is {answer.get('is_paused')} after setting it to {paused}")
 
-    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
-        """Unpause the DAG and start a run of it now; returns the DAG run's ID."""
+    def trigger(self, dag_id: str, conf: dict | None = None, tries: int = 5) -> str:
+        """Unpause the DAG and start a run of it now; returns the DAG run's ID. On SQLite (the default stack, local
+        mode) the api-server may refuse the insert with HTTP 500 "Database error" while the scheduler holds the
+        database's lock: it is tried again with the same run ID, so a 409 then means an earlier try went through."""
         self.set_paused(dag_id, False)
-        run = self.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
-        return run["dag_run_id"]
+        run_id = f"manual__{datetime.now(UTC).isoformat()}_{uuid.uuid4().hex[:6]}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        for attempt in range(1, tries + 1):
+            status, answer = http("POST", f"{self.base}/api/v2/dags/{dag_id}/dagRuns", body, self.headers)
+            if status in (200, 201) or (status == 409 and attempt > 1):
+                return run_id
+            if status != 500 or attempt == tries:
+                raise AirflowError(f"POST /api/v2/dags/{dag_id}/dagRuns answered HTTP {status}: {answer}")
+            time.sleep(attempt)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def run_path(dag_id: str, dag_run_id: str) -> str:
