@@ -18,6 +18,7 @@ MONITORING_EXPERIMENT = "mlops_monitoring"  # where drift checks are logged
 BATCH_EXPERIMENT = "mlops_batch"  # where batch scoring runs are logged
 MODEL_NAME = "iris-classifier"  # the registered model (REGISTERED_MODEL_NAME's default)
 CHAMPION = "champion"  # the registry alias the gate moves and the model-server follows
+CHALLENGER = "challenger"  # the alias of a model tried beside the champion (docs/challenger.md)
 MODEL_ARTIFACT = "model"  # the original tutorial serves runs:/<run_id>/model
 BATCH_PREDICTIONS = "batch_predictions"  # the Airflow asset a batch_predict run updates with its output
 TRAINING_DATA_NAME = "iris_training_data"  # the Airflow asset's name and the MLflow dataset's
@@ -25,8 +26,12 @@ EVALUATION_DATA_NAME = "iris_held_out"  # the held-out rows a run is judged on (
 REFERENCE_ARTIFACT = "reference/train.csv"  # a run's training rows, for a monitor to compare served inputs with
 HELD_OUT_ARTIFACT = "reference/held_out.csv"  # a run's held-out rows, for the gate to judge a later model on
 
-# The inference log: the keys of every record, in order, and its date partitions (date=YYYY-MM-DD).
+# The inference log: the keys of every record, in order, and its date partitions (date=YYYY-MM-DD). A challenger's
+# shadow predictions (which no client saw) have one more key, SHADOW, true; the true labels a client sends back
+# later (POST /feedback) are records of FEEDBACK_FIELDS, one label per row of that request.
 LOG_FIELDS = ("ts", "request_id", "model_name", "model_version", "run_id", "inputs", "predictions")
+SHADOW = "shadow"
+FEEDBACK_FIELDS = ("ts", "request_id", "labels")
 
 
 def partition_date(path: Path) -> date | None:

@@ -60,6 +60,9 @@ class TrainSettings(Settings, DataSettings):
     min_accuracy: float = Field(
         0.9, ge=0, le=NEVER_PROMOTE, description=f"a number from 0 to 1 (or up to {NEVER_PROMOTE}: promote nothing)"
     )
+    # What a model that passes the gate becomes: the champion at once (auto), or the challenger, served beside it
+    # until a person approves (docs/challenger.md).
+    promotion: Literal["auto", "challenger"] = "auto"
 
     @field_validator("rf_max_depth", mode="before")
     @classmethod
@@ -111,6 +114,9 @@ class ServerSettings(LogSettings):
     inference_log_flush_seconds: float = Field(1, ge=0.01, allow_inf_nan=False, description="a number of at least 0.01")
     inference_log_retention_days: PositiveInt = 7
     inference_log_max_mb: PositiveInt = 512
+    # A challenger beside the champion (docs/challenger.md): how it is served, and the canary's share of requests.
+    challenger_mode: Literal["shadow", "canary", "off"] = "shadow"
+    canary_percent: float = Field(10, ge=0, le=100, allow_inf_nan=False, description="a percentage in [0, 100]")
 
     @property
     def fixed_uri(self) -> str:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"append-data: {TRAINING_DAG} failed; read its task logs in the Airflow UI")
     gate = airflow.xcom(TRAINING_DAG, run["dag_run_id"], "register")
     gate = gate if isinstance(gate, dict) else {}
-    verdict = "promoted to champion" if gate.get("promoted") else "not promoted"
+    verdict = f"promoted to {gate.get('alias') or 'champion'}" if gate.get("promoted") else "not promoted"
     print(f"append-data: version {gate.get('version')} {verdict}: {gate.get('reason')}")
     return 0
 

@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"demo: {DAG_ID} failed; open {airflow_url} and read the task logs")
     gate = airflow.xcom(DAG_ID, dag_run, "register")
     gate = gate if isinstance(gate, dict) else {}
-    verdict = "PROMOTED to champion" if gate.get("promoted") else "NOT promoted (the champion stays)"
+    verdict = (
+        f"PROMOTED to {gate.get('alias') or 'champion'}"
+        if gate.get("promoted")
+        else "NOT promoted (the champion stays)"
+    )
     print(f"  quality gate: {gate.get('model')} version {gate.get('version')} {verdict}: {gate.get('reason')}")
 
     if args.seed_flow or pinned:

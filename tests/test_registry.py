@@ -66,3 +66,42 @@ def test_registering_the_same_run_again_makes_no_duplicate(tracking_server: str,
     assert again["version"] == first["version"] and again["promoted"]
     versions = MlflowClient(tracking_server).search_model_versions(f"name = '{model_name}'")
     assert [v.version for v in versions] == [first["version"]]
+
+
+def test_with_promotion_challenger_a_passing_model_becomes_the_challenger_then_champion_by_approval(
+    tracking_server: str, model_name: str
+) -> None:
+    """PROMOTION=challenger: the first model is the champion (nothing to challenge); the next that passes gets the
+    challenger alias and champion stays; approval moves champion to it and drops the challenger alias; rollback
+    moves champion back. Each move is in the history of the versions it reached and left."""
+    client = MlflowClient(tracking_server)
+    settings = from_env(TrainSettings, registered_model_name=model_name, min_accuracy=0, promotion="challenger")
+    first = registry.register_and_promote(new_run(tracking_server), settings)
+    second = registry.register_and_promote(new_run(tracking_server), settings)
+    assert (first["alias"], second["alias"]) == ("champion", "challenger")
+    assert champion(tracking_server, model_name) == first["version"]
+    assert registry.champion(model_name, client, "challenger").version == second["version"]
+    assert client.get_model_version(model_name, second["version"]).tags["gate.alias"] == "challenger"
+
+    assert registry.promote_challenger(model_name, "ana", "live accuracy 0.97 vs 0.95") == second["version"]
+    assert champion(tracking_server, model_name) == second["version"]
+    assert registry.champion(model_name, client, "challenger") is None
+    moves = registry.history(model_name, second["version"], client)
+    assert [(m["alias"], m["action"], m["by"]) for m in moves] == [
+        ("challenger", "set", "the gate (mlops_pipeline's register task)"),
+        ("champion", "set", "ana"),
+        ("challenger", "left", "ana"),
+    ]
+    assert moves[1]["previous"] == first["version"] and moves[1]["why"] == "live accuracy 0.97 vs 0.95"
+    assert registry.history(model_name, first["version"], client)[-1]["action"] == "left"
+
+    assert registry.rollback(model_name, "make rollback") == (second["version"], first["version"])
+    assert champion(tracking_server, model_name) == first["version"]
+    with pytest.raises(LookupError, match="no challenger to promote"):
+        registry.promote_challenger(model_name, "ana", "again")
+
+
+def test_the_first_champion_has_nothing_to_roll_back_to(tracking_server: str, model_name: str) -> None:
+    promote(new_run(tracking_server), model_name, 0.0)
+    with pytest.raises(LookupError, match="first champion"):
+        registry.rollback(model_name, "make rollback")

@@ -19,11 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from mlops_pipeline import data
-from mlops_pipeline.schema import LOG_FIELDS, partition_date
+from mlops_pipeline.schema import FEEDBACK_FIELDS, LOG_FIELDS, SHADOW, partition_date
 from mlops_pipeline.settings import LogSettings
 
 log = logging.getLogger(__name__)
 KEYS = set(LOG_FIELDS)
+NOT_SERVED = ({*LOG_FIELDS, SHADOW}, set(FEEDBACK_FIELDS))  # a challenger's shadow predictions, true labels
 META = LOG_FIELDS[:-2]  # ts, request_id, model_name, model_version, run_id: then inputs and predictions
 MAX_WARNINGS_PER_FILE = 5  # then one line with the count: a damaged file must not flood the task log
 
@@ -122,6 +123,8 @@ def read_lines(lines: Iterable[bytes | str], source: str, reading: Reading) -> N
     for number, raw in enumerate(lines, start=1):
         try:
             record = json.loads(raw)
+            if type(record) is dict and record.keys() in NOT_SERVED:
+                continue  # not what the served model was given and answered: no drift row, no damage
             if type(record) is not dict or record.keys() != KEYS:
                 keys = sorted(record) if type(record) is dict else type(record).__name__
                 reading.skip(source, number, f"keys {keys} are not {list(LOG_FIELDS)}")

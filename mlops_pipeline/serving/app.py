@@ -9,6 +9,8 @@ framework does routing and lifespan, MLflow does scoring (model.py); this module
 5. ``GET /metrics`` in Prometheus's format, added up over all workers (metrics.py).
 6. It records every scored request in the inference log (inference_log.py) under a request ID that the answer's
    ``X-Request-Id`` header carries (a client's own plain ``X-Request-Id`` is kept).
+7. A challenger beside the champion, in shadow or as a canary (challenger.py), and ``POST /feedback``: the true
+   labels of earlier requests, into the inference log.
 
 Before any model exists it answers 503 (so the healthcheck stays unhealthy) and says in its log what to do.
 Settings: ServerSettings (settings.py; .env.example describes each key). mlflow/model-server.sh starts it:
@@ -38,6 +40,14 @@ from uvicorn_worker import UvicornWorker
 
 from mlops_pipeline.schema import ConfigError
 from mlops_pipeline.serving import metrics
+from mlops_pipeline.serving.challenger import (
+    FEEDBACK_MAX_BYTES,
+    REQUEST_ID_PATTERN,
+    FeedbackError,
+    Runs,
+    in_canary,
+    parse_feedback,
+)
 from mlops_pipeline.serving.inference_log import InferenceLog
 from mlops_pipeline.serving.model import error
 from mlops_pipeline.serving.watcher import ModelWatcher
@@ -45,7 +55,7 @@ from mlops_pipeline.settings import ServerSettings, from_env
 
 log = logging.getLogger("model-server")
 FIRST_LOAD_WAIT_SECONDS = 20  # a worker starts answering (503 until loaded) if the first load takes longer
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's X-Request-Id is kept only if it is this plain
+REQUEST_ID = re.compile(REQUEST_ID_PATTERN)  # a client's X-Request-Id is kept only if it is this plain
 
 
 class Worker(UvicornWorker):
@@ -101,6 +111,7 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
         raise SystemExit(f"model-server: {exc}") from None
     counted, max_body = settings.model_server_metrics, settings.model_server_max_body_bytes
     watcher = ModelWatcher(settings, recorder or None)
+    mode, share, runs = settings.challenger_mode, settings.canary_percent, Runs(counted)
 
     def not_loaded() -> JSONResponse:
         return error(503, "No model is loaded yet; see the server log.", code="MODEL_NOT_LOADED")
@@ -124,7 +135,34 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
         request_id = request.headers.get("x-request-id", "")
         if not REQUEST_ID.fullmatch(request_id):
             request_id = uuid.uuid4().hex
-        return current.score(body, content_type, request_id)
+        challenger, response = watcher.challenger, None
+        if challenger is not None and mode == "canary" and in_canary(request_id, share):
+            response = runs.canary(challenger, body, content_type, request_id)  # None: it failed, the champion answers
+            if response is not None and counted:
+                metrics.answered(challenger.version, "challenger")
+        if response is None:
+            response = current.score(body, content_type, request_id)
+            if counted and response.status_code == 200:
+                metrics.answered(current.version, "champion")
+            if challenger is not None and mode == "shadow" and response.status_code == 200:
+                response.background = runs.shadow(challenger, body, content_type, request_id)
+        return response
+
+    async def feedback(request: Request) -> Response:
+        """The true labels of earlier requests, by request ID, into the inference log (202: recorded)."""
+        if watcher.recorder is None:
+            return error(503, "INFERENCE_LOG is off: feedback has nowhere to be recorded.", code="FEEDBACK_OFF")
+        if not (request.headers.get("content-type") or "").startswith("application/json"):
+            return error(415, "Feedback is JSON: send Content-Type: application/json.")
+        body = await read_body(request, FEEDBACK_MAX_BYTES)
+        if body is None:
+            return error(413, f"A feedback body is at most {FEEDBACK_MAX_BYTES} bytes.", code="REQUEST_TOO_LARGE")
+        try:
+            items = parse_feedback(body)
+        except FeedbackError as exc:
+            return error(400, f"Feedback refused, nothing recorded: {exc}", code="INVALID_PARAMETER_VALUE")
+        recorded = sum(watcher.recorder.feedback(item.request_id, item.labels) for item in items)
+        return JSONResponse({"recorded": recorded, "dropped": len(items) - recorded}, 202)
 
     async def ping(request: Request) -> Response:
         current = watcher.current
@@ -135,8 +173,17 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
         return Response(VERSION, 200, current.headers, "application/json") if current else not_loaded()
 
     async def model(request: Request) -> JSONResponse:
-        current = watcher.current
-        return JSONResponse(current.info(), 200, current.headers) if current else JSONResponse({"model_uri": None}, 503)
+        current, challenger = watcher.current, watcher.challenger
+        if current is None:
+            return JSONResponse({"model_uri": None}, 503)
+        about: dict[str, object] = dict(current.info())
+        if challenger is not None:
+            about["challenger"] = {
+                **challenger.info(),
+                "mode": mode,
+                "canary_percent": share if mode == "canary" else 0,
+            }
+        return JSONResponse(about, 200, current.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         """404 and 405 from the router, as JSON with the model headers."""
@@ -159,6 +206,7 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
         "/health": (ping, "GET"),
         "/version": (version, "GET"),
         "/model": (model, "GET"),
+        "/feedback": (feedback, "POST"),
     }
     if counted:
         endpoints["/metrics"] = (scrape, "GET")

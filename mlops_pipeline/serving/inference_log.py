@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_pipeline.schema import LOG_FIELDS
+from mlops_pipeline.schema import FEEDBACK_FIELDS, LOG_FIELDS, SHADOW
 from mlops_pipeline.serving.log_sinks import FileSink, Row, TableSink
 from mlops_pipeline.settings import MIB, ServerSettings
 
@@ -55,6 +55,7 @@ def encodable(value: Any) -> Any:  # noqa: ANN401
 
 ENCODER = json.JSONEncoder(separators=(",", ":"), default=encodable)
 TS, REQUEST_ID, *MODEL_FIELDS, INPUTS, PREDICTIONS = LOG_FIELDS
+LABELS = FEEDBACK_FIELDS[2]
 PLAIN = re.compile(r"[A-Za-z0-9._:-]*")  # a string that is its own JSON text between quotes
 
 
@@ -120,19 +121,36 @@ class InferenceLog:
         )
 
     def record(
-        self, request_id: str, model_name: str, model_version: str, run_id: str, inputs: Any, predictions: Any
+        self,
+        request_id: str,
+        model_name: str,
+        model_version: str,
+        run_id: str,
+        inputs: Any,
+        predictions: Any,
+        shadow: bool = False,
     ) -> bool:
         """Queue one scored request (its values must not change afterwards: the app hands over fresh ones); False
-        when the buffer is full and it was dropped."""
-        if len(self._queued) + self._encoded - self._written >= self.max_buffered:
-            self.dropped += 1
-            if time.monotonic() - self._warned_at >= MINUTE:
-                self._warned_at = time.monotonic()
-                log.warning(
-                    "inference log: buffer full (%d records), %d dropped so far", self.max_buffered, self.dropped
-                )
+        when the buffer is full and it was dropped. `shadow`: a challenger's predictions no client saw."""
+        if self.full():
             return False
-        self._queued.append((time.time(), request_id, model_name, model_version, run_id, inputs, predictions))
+        self._queued.append((time.time(), request_id, model_name, model_version, run_id, inputs, predictions, shadow))
+        return True
+
+    def feedback(self, request_id: str, labels: list[int]) -> bool:
+        """Queue the true labels of an earlier request (POST /feedback); False when dropped, as record()."""
+        if self.full():
+            return False
+        self._queued.append((time.time(), request_id, None, None, None, None, labels, False))
+        return True
+
+    def full(self) -> bool:
+        if len(self._queued) + self._encoded - self._written < self.max_buffered:
+            return False
+        self.dropped += 1
+        if time.monotonic() - self._warned_at >= MINUTE:
+            self._warned_at = time.monotonic()
+            log.warning("inference log: buffer full (%d records), %d dropped so far", self.max_buffered, self.dropped)
         return True
 
     def encode_pending(self) -> None:
@@ -141,11 +159,16 @@ class InferenceLog:
         with self._encode_lock:
             batch: list[Row] = []
             for _ in range(len(self._queued)):
-                ts, request_id, *model, inputs, predictions = self._queued.popleft()
+                ts, request_id, *model, inputs, predictions, shadow = self._queued.popleft()
                 try:
-                    head = self._heads.get(tuple(model)) or self.head(*model)
-                    rest = f'"{REQUEST_ID}":{as_json(request_id)},{head},"{INPUTS}":{as_json(inputs)},'
-                    rest += f'"{PREDICTIONS}":{as_json(predictions)}}}'
+                    if model[0] is None:  # feedback: the labels of an earlier request
+                        rest = f'"{REQUEST_ID}":{as_json(request_id)},"{LABELS}":{as_json(predictions)}}}'
+                        model[1] = ""
+                    else:
+                        head = self._heads.get(tuple(model)) or self.head(*model)
+                        rest = f'"{REQUEST_ID}":{as_json(request_id)},{head},"{INPUTS}":{as_json(inputs)},'
+                        rest += f'"{PREDICTIONS}":{as_json(predictions)}'
+                        rest += f',"{SHADOW}":true}}' if shadow else "}"
                 except (TypeError, ValueError) as e:
                     self.dropped += 1
                     log.warning("inference log: request %s not encodable (%s), dropped", request_id, e)

@@ -63,6 +63,17 @@ MODEL_INFO = Gauge(
     ["model_name", "model_version", "run_id", "model_uri", "runtime"],
     multiprocess_mode="livemax",
 )
+ANSWERS = Counter(
+    "model_server_answers_total",
+    "Answered /invocations requests by the model version that answered and its role (champion or challenger).",
+    ["model_version", "role"],
+)
+CHALLENGER = Counter(
+    "model_server_challenger_predictions_total",
+    "Requests a challenger scored, by its version, mode (shadow: no client saw it; canary) and result (ok, or error:"
+    " the champion's answer stood).",
+    ["model_version", "mode", "result"],
+)
 MODEL_LOADS = Counter(
     "model_server_model_loads_total",
     "Model load attempts by result (success or failure), counted per worker: each worker loads its own copy.",
@@ -92,6 +103,8 @@ class Pending:
         self.answers: Tally[tuple[str, int]] = Tally()
         self.seconds: defaultdict[str, list[float]] = defaultdict(list)
         self.predictions: list[np.ndarray] = []
+        self.by_version: Tally[tuple[str, str]] = Tally()
+        self.challenger: Tally[tuple[str, str, str]] = Tally()
 
 
 pending = Pending()
@@ -100,6 +113,14 @@ pending = Pending()
 def observe(endpoint: str, code: int, seconds: float) -> None:
     pending.answers[endpoint, code] += 1
     pending.seconds[endpoint].append(seconds)
+
+
+def answered(version: str, role: str) -> None:
+    pending.by_version[version, role] += 1
+
+
+def challenger_ran(version: str, mode: str, ok: bool) -> None:
+    pending.challenger[version, mode, "ok" if ok else "error"] += 1
 
 
 def predicted(predictions: np.ndarray) -> None:
@@ -118,6 +139,10 @@ def publish() -> None:
         child = latency_child(endpoint)
         for value in seconds:
             child.observe(value)
+    for (version, role), n in taken.by_version.items():
+        ANSWERS.labels(version, role).inc(n)
+    for (version, mode, result), n in taken.challenger.items():
+        CHALLENGER.labels(version, mode, result).inc(n)
     labels: defaultdict[np.dtype, list[np.ndarray]] = defaultdict(list)
     rows = 0
     for answer in taken.predictions:

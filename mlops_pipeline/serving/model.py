@@ -86,14 +86,15 @@ class Loaded:
             return None
         return schema.inputs[0]
 
-    def score(self, body: bytes, content_type: str, request_id: str = "") -> Response:
-        """Answer one /invocations request as MLflow's scoring server does."""
+    def score(self, body: bytes, content_type: str, request_id: str = "", shadow: bool = False) -> Response:
+        """Answer one /invocations request as MLflow's scoring server does. `shadow`: a challenger's answer that no
+        client sees (logged as such, not counted as served)."""
         headers = {**self.headers, "X-Request-Id": request_id} if request_id else self.headers
         payload = None
         try:
             if is_utf8_json(content_type):
                 payload = decode_json(body)
-                short = self.short_path(payload, request_id)
+                short = self.short_path(payload, request_id, shadow)
                 if short is not None:
                     return Response(short, headers=headers, media_type="application/json")
             result = scoring_server.invocations(body, content_type, self.model, self.input_schema)
@@ -102,17 +103,17 @@ class Loaded:
         if result.mimetype == "application/json":
             if result.status == 200 and (self.counted or self.recorder):
                 predictions = json.loads(result.response).get("predictions")
-                if self.counted:
+                if self.counted and not shadow:
                     metrics.predicted_json(predictions)
-                self.record(request_id, input_rows(payload), predictions)
+                self.record(request_id, input_rows(payload), predictions, shadow)
             return Response(result.response, result.status, headers, "application/json")
         return error(result.status, result.response, headers)  # MLflow's plain-text 415s, as JSON
 
-    def record(self, request_id: str, rows: Any, predictions: Any) -> None:
+    def record(self, request_id: str, rows: Any, predictions: Any, shadow: bool = False) -> None:
         if self.recorder is not None:
-            self.recorder.record(request_id, self.name, self.version, self.run_id, rows, predictions)
+            self.recorder.record(request_id, self.name, self.version, self.run_id, rows, predictions, shadow)
 
-    def short_path(self, request: object, request_id: str = "") -> bytes | None:
+    def short_path(self, request: object, request_id: str = "", shadow: bool = False) -> bytes | None:
         """The answer to a decoded plain {"inputs": [[...], ...]}, or None for anything else and for any error
         (MLflow's full path then answers, and words the error)."""
         if self.tensor_spec is None:
@@ -133,9 +134,9 @@ class Loaded:
             return None
         if not isinstance(predictions, np.ndarray):
             return None  # MLflow's encoder handles the other output types
-        if self.counted:
+        if self.counted and not shadow:
             metrics.predicted(predictions)
-        self.record(request_id, x, predictions)
+        self.record(request_id, x, predictions, shadow)
         return json.dumps({"predictions": predictions.tolist()}).encode()
 
 

@@ -2,7 +2,8 @@
 ``models:/<name>@champion`` and, when the alias moves, loads the new version completely, then swaps it in (one
 reference assignment). Requests in flight finish on the old model, so none fails during the switch; if the new
 version cannot be loaded, the old one keeps serving. A background thread does the loading, so the event loop never
-waits for it.
+waits for it. The ``challenger`` alias is followed the same way, on its own (unless CHALLENGER_MODE is off): a
+challenger that cannot be loaded leaves the champion, and the challenger before it, as they were.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlops_pipeline.schema import CHAMPION
+from mlops_pipeline.schema import CHALLENGER, CHAMPION
 from mlops_pipeline.serving import metrics
 from mlops_pipeline.serving.inference_log import InferenceLog
 from mlops_pipeline.serving.model import Loaded, load
@@ -35,6 +36,8 @@ class ModelWatcher:
         self.counted = settings.model_server_metrics  # count loads and the served model, and pass it on to Loaded
         self.recorder = recorder  # passed on to Loaded
         self.current: Loaded | None = None
+        self.challenger: Loaded | None = None  # loaded beside the champion; None when there is none, or mode off
+        self.follows_challenger = settings.challenger_mode != "off" and not self.fixed_uri
         self.stopped = threading.Event()
         self.loading = threading.Event()  # set while a load is under way
         self.first_loaded = threading.Event()  # set once any model serves
@@ -54,6 +57,11 @@ class ModelWatcher:
                 if self.counted:
                     metrics.loaded(ok=False)
                 log.exception("model-server: could not load the new model; still serving %s", self.describe())
+            if self.follows_challenger and self.current:
+                try:
+                    self.refresh_challenger()
+                except Exception:  # the champion serves every request meanwhile
+                    log.exception("model-server: could not load the challenger; the champion answers alone")
             first_attempt.set()
             if self.fixed_uri and self.current:
                 return  # a fixed model never changes
@@ -81,6 +89,27 @@ class ModelWatcher:
             self.swap(load(uri, version, run_id, self.compiled, self.counted, self.recorder, name))
         finally:
             self.loading.clear()
+
+    def refresh_challenger(self) -> None:
+        """Load the challenger if its alias moved; drop it when the alias is gone or names the champion."""
+        try:
+            target = MlflowClient().get_model_version_by_alias(self.model_name, CHALLENGER)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise  # the registry is away: keep the challenger as it is
+            target = None
+        if target is None or (self.current is not None and target.version == self.current.version):
+            if self.challenger is not None:
+                log.info("model-server: no challenger any more (was version %s)", self.challenger.version)
+                self.challenger = None
+            return
+        if self.challenger is not None and self.challenger.version == target.version:
+            return
+        uri = f"models:/{self.model_name}/{target.version}"
+        log.info("model-server: loading the challenger, %s version %s", self.model_name, target.version)
+        recorder, name = self.recorder, self.model_name
+        self.challenger = load(uri, target.version, target.run_id or "", self.compiled, self.counted, recorder, name)
+        log.info("model-server: challenger version %s loaded beside champion %s", target.version, self.describe())
 
     def swap(self, new: Loaded) -> None:
         old, self.current = self.current, new  # one reference assignment: a request sees old or new, never neither
