@@ -46,6 +46,7 @@ class Reading:
     rows: list[list] = field(default_factory=list)
     origins: list[tuple[str, int]] = field(default_factory=list)
     problems: Counter = field(default_factory=Counter)
+    records: list[dict] | None = None  # set: every kind of record in the window is kept here as decoded, no rows
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         return end > self.since and (self.until is None or start < self.until)
@@ -88,6 +89,18 @@ def read(
     return frame
 
 
+def read_records(settings: LogSettings, since: datetime, until: datetime | None = None) -> list[dict]:
+    """Every record with ts in [since, until) as decoded (ts a datetime): served and shadow predictions and
+    feedback, in the order read, for the live comparison (monitoring/live.py)."""
+    reading = Reading(utc(since), None if until is None else utc(until), None, records=[])
+    if settings.inference_log_db:
+        read_table(settings, reading)
+    else:
+        read_files(settings.inference_log_dir, reading)
+    reading.summary()
+    return reading.records or []
+
+
 def read_files(directory: Path, reading: Reading) -> None:
     """Only the date partitions that can hold the window's records are opened."""
     for part in sorted(directory.glob("date=*")) if directory.is_dir() else []:
@@ -123,9 +136,9 @@ def read_lines(lines: Iterable[bytes | str], source: str, reading: Reading) -> N
     for number, raw in enumerate(lines, start=1):
         try:
             record = json.loads(raw)
-            if type(record) is dict and record.keys() in NOT_SERVED:
+            if type(record) is dict and record.keys() in NOT_SERVED and reading.records is None:
                 continue  # not what the served model was given and answered: no drift row, no damage
-            if type(record) is not dict or record.keys() != KEYS:
+            if type(record) is not dict or (record.keys() != KEYS and record.keys() not in NOT_SERVED):
                 keys = sorted(record) if type(record) is dict else type(record).__name__
                 reading.skip(source, number, f"keys {keys} are not {list(LOG_FIELDS)}")
                 continue
@@ -134,6 +147,9 @@ def read_lines(lines: Iterable[bytes | str], source: str, reading: Reading) -> N
             reading.skip(source, number, f"not a record ({e})")
             continue
         if not reading.holds(record):
+            continue
+        if reading.records is not None:
+            reading.records.append(record)
             continue
         inputs, predictions = record["inputs"], record["predictions"]
         if type(inputs) is not list or type(predictions) is not list or len(inputs) != len(predictions):

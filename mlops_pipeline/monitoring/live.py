@@ -1,0 +1,100 @@
+"""How each model version does on live traffic: the true labels clients sent back (POST /feedback) joined with what
+each version predicted for those requests, served or in shadow (docs/challenger.md). Plain functions over the
+inference log's records (log_reader.read_records); what the monitor logs and pushes is built from ``figures()``.
+
+A label is matched by request ID and row. Feedback for an ID that was never logged is counted as unmatched, and
+feedback whose label count differs from the rows that request had as mismatched; neither is used. When a client
+sends feedback for the same request twice, the later one counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from mlops_pipeline.schema import FEEDBACK_FIELDS, SHADOW
+
+LABELS = FEEDBACK_FIELDS[2]
+COLUMNS = ["request_id", "row", "label", "model_version", "prediction", "shadow"]
+
+
+@dataclass
+class Joined:
+    """One row per labeled input row and version that predicted it (COLUMNS), and the feedback not used."""
+
+    rows: pd.DataFrame
+    unmatched: int = 0  # feedback items whose request ID was never logged
+    mismatched: int = 0  # feedback items whose label count is not the request's row count
+    used: int = 0  # feedback items joined
+    versions: set[str] = field(default_factory=set)
+
+
+def join(records: Iterable[dict]) -> Joined:
+    """The labeled rows of every version that predicted them (the served answer and any shadow prediction)."""
+    labels: dict[str, list] = {}
+    predicted: dict[str, list[tuple[str, list, bool]]] = {}
+    for record in records:
+        if LABELS in record:
+            labels[record["request_id"]] = record[LABELS]
+        elif isinstance(record.get("predictions"), list):
+            key = record["request_id"]
+            predicted.setdefault(key, []).append(
+                (str(record["model_version"]), record["predictions"], bool(record.get(SHADOW)))
+            )
+    joined, rows = Joined(pd.DataFrame(columns=COLUMNS)), []
+    for request_id, truth in labels.items():
+        answers = predicted.get(request_id)
+        if not answers:
+            joined.unmatched += 1
+            continue
+        if any(len(predictions) != len(truth) for _, predictions, _ in answers):
+            joined.mismatched += 1
+            continue
+        joined.used += 1
+        for version, predictions, shadow in answers:
+            joined.versions.add(version)
+            rows += [
+                (request_id, i, label, version, prediction, shadow)
+                for i, (label, prediction) in enumerate(zip(truth, predictions, strict=True))
+            ]
+    if rows:
+        joined.rows = pd.DataFrame(rows, columns=COLUMNS)
+    return joined
+
+
+def accuracy(rows: pd.DataFrame) -> float:
+    return float((rows["prediction"] == rows["label"]).mean()) if len(rows) else float("nan")
+
+
+def figures(joined: Joined, champion: str, challenger: str | None = None, last: int | None = None) -> dict[str, float]:
+    """Per version its live accuracy and labeled rows; with a challenger, both versions' accuracy on the rows both
+    predicted (the same requests: shadow mode) and how often they agreed there. `last`: the champion's accuracy
+    over its last that many labeled rows too (the alert's window)."""
+    rows = joined.rows
+    out: dict[str, float] = {
+        "feedback_used": joined.used,
+        "feedback_unmatched": joined.unmatched,
+        "feedback_mismatched": joined.mismatched,
+    }
+    for role, version in (("champion", champion), ("challenger", challenger)):
+        if version is None:
+            continue
+        mine = rows[rows["model_version"] == version]
+        out[f"{role}_labeled_rows"] = len(mine)
+        out[f"{role}_live_accuracy"] = accuracy(mine)
+    if last is not None:
+        mine = rows[rows["model_version"] == champion]
+        out["champion_live_accuracy_last"] = accuracy(mine.tail(last))
+    if challenger is not None:
+        key = ["request_id", "row"]
+        ours = rows[rows["model_version"] == champion].drop_duplicates(key)
+        theirs = rows[rows["model_version"] == challenger].drop_duplicates(key)
+        both = ours.merge(theirs, on=[*key, "label"], suffixes=("_champion", "_challenger"))
+        out["same_rows"] = len(both)
+        if len(both):
+            out["champion_accuracy_same_rows"] = float((both["prediction_champion"] == both["label"]).mean())
+            out["challenger_accuracy_same_rows"] = float((both["prediction_challenger"] == both["label"]).mean())
+            out["agreement"] = float((both["prediction_champion"] == both["prediction_challenger"]).mean())
+    return out

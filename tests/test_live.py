@@ -1,0 +1,70 @@
+"""mlops_pipeline/monitoring/live.py: feedback joined with what each version predicted, through real inference-log
+files (written by serving/inference_log.py, read by log_reader.read_records)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from mlops_pipeline.monitoring import live
+from mlops_pipeline.monitoring.log_reader import read_records
+from mlops_pipeline.serving.inference_log import InferenceLog
+from mlops_pipeline.settings import LogSettings
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def logged(tmp_path: Path, write: object) -> list[dict]:
+    recorder = InferenceLog(tmp_path, flush_seconds=3600)
+    recorder.start()
+    write(recorder)  # type: ignore[operator]
+    recorder.close()
+    return read_records(LogSettings(inference_log_dir=tmp_path), since=datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_shadow_traffic_joined_with_feedback_gives_each_versions_accuracy_on_the_same_rows(tmp_path: Path) -> None:
+    """20 requests of 2 rows: the champion (v1) right on rows 0, wrong on rows 1 of the even requests; the
+    challenger (v2) in shadow right on every row but row 1 of request 0. 16 requests get their labels."""
+
+    def write(log: InferenceLog) -> None:
+        for i in range(20):
+            champion = np.array([1, 0 if i % 2 == 0 else 1])
+            challenger = np.array([1, 0 if i == 0 else 1])
+            log.record(f"r{i}", "iris", "1", "run1", np.array([ROW, ROW]), champion)
+            log.record(f"r{i}", "iris", "2", "run2", np.array([ROW, ROW]), challenger, shadow=True)
+        for i in range(16):
+            log.feedback(f"r{i}", [1, 1])
+        log.feedback("never-served", [0])
+        log.feedback("r19", [1])  # one label for two rows
+        log.feedback("r15", [1, 1])  # again: the later one counts, once
+
+    joined = live.join(logged(tmp_path, write))
+    assert (joined.used, joined.unmatched, joined.mismatched) == (16, 1, 1)
+    got = live.figures(joined, champion="1", challenger="2", last=8)
+    assert got["champion_labeled_rows"] == got["challenger_labeled_rows"] == got["same_rows"] == 32
+    assert got["champion_live_accuracy"] == got["champion_accuracy_same_rows"] == 24 / 32  # 8 even requests wrong
+    assert got["challenger_live_accuracy"] == got["challenger_accuracy_same_rows"] == 31 / 32
+    assert got["agreement"] == 25 / 32  # they differ where the champion is wrong, except request 0
+    assert got["champion_live_accuracy_last"] == 6 / 8  # the last 8 labeled rows: requests 12-15
+
+
+def test_canary_answers_count_for_the_version_that_answered_and_share_no_rows(tmp_path: Path) -> None:
+    def write(log: InferenceLog) -> None:
+        for i in range(10):
+            version = "2" if i < 3 else "1"
+            log.record(f"c{i}", "iris", version, "run", np.array([ROW]), np.array([0 if version == "2" else 1]))
+            log.feedback(f"c{i}", [0])
+
+    got = live.figures(live.join(logged(tmp_path, write)), champion="1", challenger="2")
+    assert (got["champion_labeled_rows"], got["challenger_labeled_rows"], got["same_rows"]) == (7, 3, 0)
+    assert (got["champion_live_accuracy"], got["challenger_live_accuracy"]) == (0.0, 1.0)
+    assert "agreement" not in got
+
+
+def test_no_feedback_yet_is_no_figure_not_an_error(tmp_path: Path) -> None:
+    joined = live.join(logged(tmp_path, lambda log: log.record("a", "iris", "1", "r", np.array([ROW]), np.array([0]))))
+    got = live.figures(joined, champion="1")
+    assert got["champion_labeled_rows"] == 0 and math.isnan(got["champion_live_accuracy"])
