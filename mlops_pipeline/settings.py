@@ -93,6 +93,10 @@ class MonitorSettings(LogSettings):
     monitor_settle_seconds: float = Field(
         5, ge=0, le=3600, allow_inf_nan=False, description="a number of seconds in [0, 3600]"
     )
+    # The live comparison (monitoring/live.py): how far back it reads the log for predictions and their feedback,
+    # and over how many of the champion's latest labeled rows its recent accuracy is taken.
+    monitor_live_days: PositiveInt = 7
+    monitor_live_last_rows: PositiveInt = 200
 
 
 class ServerSettings(LogSettings):

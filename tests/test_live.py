@@ -1,18 +1,25 @@
 """mlops_pipeline/monitoring/live.py: feedback joined with what each version predicted, through real inference-log
-files (written by serving/inference_log.py, read by log_reader.read_records)."""
+files (written by serving/inference_log.py, read by log_reader.read_records); monitor() against a real tracking
+server and registry."""
 
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow import MlflowClient
 
+from conftest import train_run
+from mlops_pipeline import registry
 from mlops_pipeline.monitoring import live
 from mlops_pipeline.monitoring.log_reader import read_records
+from mlops_pipeline.schema import CHALLENGER, MONITORING_EXPERIMENT
 from mlops_pipeline.serving.inference_log import InferenceLog
-from mlops_pipeline.settings import LogSettings
+from mlops_pipeline.settings import LogSettings, MonitorSettings, TrainSettings, from_env
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -68,3 +75,43 @@ def test_no_feedback_yet_is_no_figure_not_an_error(tmp_path: Path) -> None:
     joined = live.join(logged(tmp_path, lambda log: log.record("a", "iris", "1", "r", np.array([ROW]), np.array([0]))))
     got = live.figures(joined, champion="1")
     assert got["champion_labeled_rows"] == 0 and math.isnan(got["champion_live_accuracy"])
+
+
+def test_monitor_logs_the_comparison_to_mlflow_and_nothing_without_feedback(
+    tracking_server: str, tmp_path: Path
+) -> None:
+    name = f"iris-live-{uuid.uuid4().hex[:8]}"
+    train = from_env(TrainSettings, registered_model_name=name, min_accuracy=0, promotion="challenger")
+    champion = registry.register_and_promote(train_run(tracking_server, "live-test", rf_n_estimators=5), train)
+    challenger = registry.register_and_promote(train_run(tracking_server, "live-test", rf_n_estimators=5), train)
+    assert challenger["alias"] == CHALLENGER
+    cfg = from_env(
+        MonitorSettings, mlflow_tracking_uri=tracking_server, registered_model_name=name, inference_log_dir=tmp_path
+    )
+
+    def served(log: InferenceLog) -> None:
+        for i in range(4):
+            log.record(f"m{i}", name, champion["version"], "r", np.array([ROW]), np.array([0]))
+            log.record(f"m{i}", name, challenger["version"], "r", np.array([ROW]), np.array([i % 2]), shadow=True)
+
+    logged(tmp_path / "a", served)
+    waiting = live.monitor(from_env(MonitorSettings, **{**cfg.model_dump(), "inference_log_dir": tmp_path / "a"}))
+    assert waiting["status"] == "no feedback" and waiting["challenger"] == challenger["version"]
+
+    def with_feedback(log: InferenceLog) -> None:
+        served(log)
+        for i in range(4):
+            log.feedback(f"m{i}", [0])
+
+    logged(tmp_path / "b", with_feedback)
+    done = live.monitor(from_env(MonitorSettings, **{**cfg.model_dump(), "inference_log_dir": tmp_path / "b"}))
+    assert done["status"] == "compared"
+    assert (done["champion_live_accuracy"], done["challenger_live_accuracy"], done["agreement"]) == (1.0, 0.5, 0.5)
+    mlflow.set_tracking_uri(tracking_server)
+    runs = mlflow.search_runs(
+        experiment_names=[MONITORING_EXPERIMENT], filter_string=f"tags.model_name = '{name}'", output_format="list"
+    )
+    assert [r.info.run_id for r in runs] == [done["monitoring_run_id"]]  # the first check logged nothing
+    run = MlflowClient(tracking_server).get_run(done["monitoring_run_id"])
+    assert run.data.tags["check"] == "live" and run.data.tags["challenger_version"] == challenger["version"]
+    assert run.data.metrics["challenger_accuracy_same_rows"] == 0.5 and run.data.metrics["same_rows"] == 4

@@ -9,12 +9,21 @@ sends feedback for the same request twice, the later one counts.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 
-from mlops_pipeline.schema import FEEDBACK_FIELDS, SHADOW
+from mlops_pipeline import registry, train
+from mlops_pipeline.monitoring import log_reader
+from mlops_pipeline.schema import CHALLENGER, FEEDBACK_FIELDS, MONITORING_EXPERIMENT, SHADOW
+from mlops_pipeline.settings import MonitorSettings, from_env
+
+log = logging.getLogger(__name__)
 
 LABELS = FEEDBACK_FIELDS[2]
 COLUMNS = ["request_id", "row", "label", "model_version", "prediction", "shadow"]
@@ -98,3 +107,36 @@ def figures(joined: Joined, champion: str, challenger: str | None = None, last: 
             out["challenger_accuracy_same_rows"] = float((both["prediction_challenger"] == both["label"]).mean())
             out["agreement"] = float((both["prediction_champion"] == both["prediction_challenger"]).mean())
     return out
+
+
+def monitor(cfg: MonitorSettings | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Join the last MONITOR_LIVE_DAYS of the log with its feedback and log the figures for the champion (and the
+    challenger, if any) to MLflow's monitoring experiment, as a run tagged `check=live`. Returns the figures (the
+    task result); without feedback yet, says so and logs nothing."""
+    import mlflow
+
+    cfg = cfg or from_env(MonitorSettings)
+    name = cfg.registered_model_name
+    train.connect(cfg, MONITORING_EXPERIMENT)
+    champion = registry.champion(name)
+    if champion is None:
+        return {"status": "no champion", "model": name}
+    challenger = registry.champion(name, alias=CHALLENGER)
+    versions = {"champion": str(champion.version), "challenger": str(challenger.version) if challenger else None}
+    until = now or datetime.now(UTC)
+    joined = join(log_reader.read_records(cfg, until - timedelta(days=cfg.monitor_live_days), until))
+    got = figures(joined, versions["champion"], versions["challenger"], cfg.monitor_live_last_rows)
+    if not joined.used:
+        log.info(
+            "live: no feedback joined yet for %s (%d unmatched, %d mismatched)",
+            name,
+            joined.unmatched,
+            joined.mismatched,
+        )
+        return {"status": "no feedback", "model": name, **versions, **got}
+    tags = {"check": "live", "model_name": name, "champion_version": versions["champion"]}
+    tags |= {"challenger_version": versions["challenger"]} if versions["challenger"] else {}
+    with mlflow.start_run(run_name=f"live {name} v{versions['champion']}", tags=tags) as run:
+        mlflow.log_metrics({key: value for key, value in got.items() if not math.isnan(value)})
+    log.info("live: %s %s", name, ", ".join(f"{k} {v:.4g}" for k, v in got.items()))
+    return {"status": "compared", "model": name, "monitoring_run_id": run.info.run_id, **versions, **got}
