@@ -22,6 +22,7 @@ import re
 import resource
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 ADDED = ("prediction", "class_name", "model_version")  # the columns the output adds to the input's
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # an input's file name: no folders, nothing hidden
 BLOCK = 1 << 20
+PUT_TRIES = 4
 
 
 def peak_mib() -> float:
@@ -242,6 +244,24 @@ def combine(settings: BatchSettings, job: dict[str, Any], results: list[dict[str
     return {**counts, **files, "version": job["version"], "duration_seconds": duration, "peak_mib": peaks}
 
 
+def put(path: Any, source: Any, tries: int = PUT_TRIES) -> None:  # noqa: ANN401
+    """Copy `source` to `path`, tried again on an OSError: an object store may refuse one upload (SeaweedFS
+    answered "InternalError, please try again" once in CI). The input is spooled first, so each try sends it whole;
+    an object appears only complete, so a failed try leaves nothing behind."""
+    with tempfile.SpooledTemporaryFile(max_size=64 * BLOCK) as spool:
+        shutil.copyfileobj(source, spool, BLOCK)
+        for attempt in range(1, tries + 1):
+            spool.seek(0)
+            try:
+                publish(path, lambda f: shutil.copyfileobj(spool, f, BLOCK))
+                return
+            except OSError as exc:
+                if attempt == tries:
+                    raise
+                log.warning("batch: writing %s failed (%s); trying again (%d of %d)", path, exc, attempt + 1, tries)
+                time.sleep(attempt)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`put NAME` (stdin to input/NAME) and `get PATH` (a file under BATCH_ROOT to stdout): how make predict-batch
     moves files in and out of a container, whichever storage the stack uses."""
@@ -255,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     base = root(from_env(BatchSettings))
     try:
         if args[0] == "put":
-            publish(input_path(base, args[1]), lambda f: shutil.copyfileobj(sys.stdin.buffer, f, BLOCK))
+            put(input_path(base, args[1]), sys.stdin.buffer)
         else:
             relative = Path(args[1])
             if relative.is_absolute() or ".." in relative.parts:

@@ -5,6 +5,7 @@ Run in process, stage by stage as the batch_predict DAG runs them, against the t
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,27 @@ def test_put_and_get_move_files_through_a_pipe(tmp_path: Path) -> None:
     outside = subprocess.run([*cmd, "get", "../etc/passwd"], env=env, capture_output=True, text=True)
     assert outside.returncode == 1 and "not a path under BATCH_ROOT" in outside.stderr
     assert pd.read_csv(io.BytesIO(got.stdout)).shape == (1, 2)
+
+
+def test_put_tries_again_when_the_store_refuses_an_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object store's transient error (SeaweedFS's InternalError reached s3fs as an OSError) costs a retry, not
+    the batch: the whole input is sent again and lands once, complete."""
+    calls: list[int] = []
+    real = batch.publish
+
+    def flaky(path: Path, write: object) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            with open(os.devnull, "wb") as sink:
+                write(sink)  # type: ignore[operator] - the failed try consumed the input
+            raise OSError(121, "We encountered an internal error, please try again.")
+        real(path, write)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "publish", flaky)
+    monkeypatch.setattr(batch.time, "sleep", lambda s: None)
+    batch.put(tmp_path / "in.csv", io.BytesIO(b"a,b\n1,2\n"))
+    assert len(calls) == 3 and (tmp_path / "in.csv").read_bytes() == b"a,b\n1,2\n"
+    with pytest.raises(OSError, match="internal error"):
+        calls.clear()
+        batch.put(tmp_path / "other.csv", io.BytesIO(b"x\n"), tries=2)
+    assert not (tmp_path / "other.csv").exists()
