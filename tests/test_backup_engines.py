@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from mlops_pipeline.backup import engines as engine
 from mlops_pipeline.backup import restore as restore_module
 from mlops_pipeline.backup.archive import BackupError, dump
@@ -70,7 +71,7 @@ def cluster() -> Iterator[None]:
 def fresh_stack() -> None:
     """Every database and role gone, then postgres/init-databases.sh, as on the scale stack's first start."""
     for name in engine.databases():
-        engine.sql(f'DROP DATABASE "{name}"')
+        engine.sql(f'DROP DATABASE "{name}" WITH (FORCE)')
     for role in ("airflow", "mlflow", "inference_writer", "inference_reader"):
         engine.sql(f'DROP ROLE IF EXISTS "{role}"')
     env = {**os.environ, **PASSWORDS, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres"}
@@ -148,20 +149,25 @@ def test_a_dump_taken_while_rows_are_written_is_one_consistent_snapshot(cluster:
     fresh_stack()
     fill(runs=3, logged=0)
     engine.sql("SET ROLE mlflow; CREATE TABLE metrics (run int); INSERT INTO metrics SELECT id FROM runs", "mlflow")
-    writer = subprocess.Popen(
+    writer = subprocess.Popen(  # until stopped: each transaction adds a run and its metric
         ["psql", "-X", "-q", "-d", "mlflow", "-c", "SET ROLE mlflow", "-c",
-         "DO $$ BEGIN FOR i IN 1..20000 LOOP INSERT INTO runs (name) VALUES ('more'); "
+         "DO $$ BEGIN FOR i IN 1..100000000 LOOP INSERT INTO runs (name) VALUES ('more'); "
          "INSERT INTO metrics VALUES (i); COMMIT; END LOOP; END $$"],
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        wait_for("the writer's first rows", lambda: counts()["mlflow"] > 100, 60, interval=0.05)
         made = archive_of(volumes(tmp_path / "source"))
-    finally:
-        writer.wait(timeout=120)
-    assert counts()["mlflow"] == 20_003
+        at_dump = counts()["mlflow"]
+        wait_for("rows written after the dump", lambda: counts()["mlflow"] > at_dump, 60, interval=0.05)
+    finally:  # the loop runs in the server: stop its backend, then the client
+        engine.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'mlflow'")
+        writer.wait(timeout=60)
+    written = counts()["mlflow"]
     fresh_stack()
     restore(io.BytesIO(made), tmp_path, "scale", KEY)
     runs, metrics = (int(engine.sql(f"SELECT count(*) FROM {t}", "mlflow")[0]) for t in ("runs", "metrics"))  # noqa: S608
-    assert 3 <= runs < 20_003, "the dump did not overlap the writes"
+    assert 100 < runs < written, "the dump did not overlap the writes"
     assert runs == metrics
 
 
