@@ -114,6 +114,13 @@ def archive_of(root: Path) -> bytes:
     return out.getvalue()
 
 
+def fresh_archive(tmp_path: Path, runs: int, logged: int) -> bytes:
+    """A fresh stack with some rows, archived."""
+    fresh_stack()
+    fill(runs=runs, logged=logged)
+    return archive_of(volumes(tmp_path / "source"))
+
+
 def test_a_scale_archive_restores_every_database_with_its_owners_and_grants(cluster: None, tmp_path: Path) -> None:
     fresh_stack()
     assert engine.present(None) == []  # init-databases.sh's empty table is not state
@@ -212,9 +219,7 @@ def test_a_failure_half_way_leaves_every_database_and_volume_as_it_was(
 def test_a_database_left_aside_by_an_interrupted_restore_is_named_and_nothing_changes(
     cluster: None, tmp_path: Path
 ) -> None:
-    fresh_stack()
-    fill(runs=2, logged=1)
-    made = archive_of(volumes(tmp_path / "source"))
+    made = fresh_archive(tmp_path, runs=2, logged=1)
     engine.sql('ALTER DATABASE "mlflow" RENAME TO "mlflow_before_restore"')
     with pytest.raises(BackupError, match="mlflow_before_restore is left from an interrupted restore"):
         restore(io.BytesIO(made), volumes(tmp_path / "target"), "scale", KEY, force=True)
@@ -224,9 +229,7 @@ def test_a_database_left_aside_by_an_interrupted_restore_is_named_and_nothing_ch
 def test_a_scale_archive_is_refused_by_the_default_stack_before_anything_is_written(
     cluster: None, tmp_path: Path
 ) -> None:
-    fresh_stack()
-    fill(runs=1, logged=1)
-    made = archive_of(volumes(tmp_path / "source"))
+    made = fresh_archive(tmp_path, runs=1, logged=1)
     target = tmp_path / "default"
     target.mkdir()
     with pytest.raises(BackupError, match="postgres, which the default variant's stack does not have"):
