@@ -13,7 +13,7 @@ export COMPOSE_BAKE := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help env venv demo up down append-data predict-batch drift-demo backup restore logs local-demo local-up local-down local-status local-restart-model \
+.PHONY: help env venv demo up down append-data predict-batch drift-demo challenger-demo rollback backup restore logs local-demo local-up local-down local-status local-restart-model \
         scale-env scale-demo scale-up scale-backup scale-restore scale-down monitoring-env monitoring-up monitoring-down screenshots test test-fast lint format bench clean
 
 help: ## show the targets
@@ -59,6 +59,12 @@ predict-batch: env $(SCRIPTS_VENV)/.synced ## on a running stack: score a CSV fi
 
 drift-demo: env $(SCRIPTS_VENV)/.synced ## on a running stack (after make demo): normal then shifted traffic, drift checks, labeled rows, retrain
 	$(SCRIPTS_VENV)/bin/python -m scripts.drift_demo
+
+challenger-demo: env $(SCRIPTS_VENV)/.synced ## on a running stack (after make demo): a challenger in shadow, feedback, the live comparison, approval, rollback
+	$(SCRIPTS_VENV)/bin/python -m scripts.challenger_demo
+
+rollback: env $(SCRIPTS_VENV)/.synced ## compose: move the champion alias back to the version it had before (docs/challenger.md)
+	$(SCRIPTS_VENV)/bin/python -m scripts.challenger_demo rollback
 
 backup: env $(SCRIPTS_VENV)/.synced ## compose: every piece of the stack's state in one archive, backups/<time>.tar.gz (OUT=file; WITH_SECRETS=1 adds .env)
 	$(SCRIPTS_VENV)/bin/python -m scripts.backup backup $(if $(OUT),--out "$(OUT)") $(if $(filter 1,$(WITH_SECRETS)),--with-secrets)

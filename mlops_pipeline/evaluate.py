@@ -53,39 +53,48 @@ def evaluate_run(run_id: str) -> dict[str, float]:
     return dict(result.metrics)
 
 
+def not_worse(metric: str, floor: float, candidate: float, baseline: float | None) -> str | None:
+    """MLflow's verdict (`validate_evaluation_results`): None when `candidate` is at least `floor` and, with a
+    baseline, not below it (a tie keeps the newer model); otherwise MLflow's words for the check that failed."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import EvaluationResult, MetricThreshold
+
+    change = {"min_relative_change": 0.0} if baseline is not None else {}
+    thresholds = {metric: MetricThreshold(threshold=floor, greater_is_better=True, **change)}
+    results = [EvaluationResult(metrics={metric: value}, artifacts={}) for value in (candidate, baseline)]
+    try:
+        mlflow.validate_evaluation_results(thresholds, results[0], results[1] if baseline is not None else None)
+    except MlflowException as exc:  # ModelValidationFailedException: the message says which check failed
+        return exc.message
+    return None
+
+
 def gate(run_id: str, floor: float, champion: Any = None) -> tuple[bool, str]:  # noqa: ANN401 - a ModelVersion
     """(passed, why): the run's held-out accuracy is at least `floor`, and, when there is a champion (a registry
     ModelVersion), not below the champion's on the same held-out rows (evaluated now, in a run nested in the
     candidate's)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import EvaluationResult, MetricThreshold
 
     metrics = mlflow.get_run(run_id).data.metrics
     if METRIC not in metrics:
         raise RuntimeError(f"run {run_id} has no {METRIC} metric: evaluate it before registering")
-    candidate = EvaluationResult(metrics={METRIC: metrics[METRIC]}, artifacts={})
-    baseline = None
+    accuracy, baseline = metrics[METRIC], None
     if champion is not None:  # in a run of its own, nested in the candidate's: its figures and plots stay apart
         rows, label = logged_rows(run_id, HELD_OUT_ARTIFACT), f"champion v{champion.version} on these held-out rows"
         with mlflow.start_run(run_id=run_id), mlflow.start_run(run_name=label, nested=True):
-            baseline = evaluate(f"models:/{champion.name}/{champion.version}", rows)
-    # At least the floor and, with a champion, not below it: a tie keeps the newer model.
-    change = {"min_relative_change": 0.0} if baseline is not None else {}
-    thresholds = {METRIC: MetricThreshold(threshold=floor, greater_is_better=True, **change)}
-    try:
-        mlflow.validate_evaluation_results(thresholds, candidate, baseline)
-        passed = True
-    except MlflowException as exc:  # ModelValidationFailedException: the message says which check failed
-        log.info("gate: %s", exc.message)
-        passed = False
+            baseline = evaluate(f"models:/{champion.name}/{champion.version}", rows).metrics[METRIC]
+    failed = not_worse(METRIC, floor, accuracy, baseline)
+    if failed:
+        log.info("gate: %s", failed)
+    passed = failed is None
     # The decision is MLflow's; the words say which check decided it.
-    accuracy, floor_text = candidate.metrics[METRIC], f"MIN_ACCURACY {floor:.4f}"
+    floor_text = f"MIN_ACCURACY {floor:.4f}"
     if accuracy < floor:
         return passed, f"accuracy {accuracy:.4f} is below {floor_text}"
     if baseline is None:
         return passed, f"accuracy {accuracy:.4f} >= {floor_text}; no champion yet"
-    theirs = f"champion v{champion.version}'s {baseline.metrics[METRIC]:.4f}"
+    theirs = f"champion v{champion.version}'s {baseline:.4f}"
     if not passed:
         return passed, f"accuracy {accuracy:.4f} is worse than {theirs} on the same held-out rows"
     return passed, f"accuracy {accuracy:.4f} >= {floor_text} and >= {theirs}"

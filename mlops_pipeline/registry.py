@@ -9,14 +9,16 @@ the old champion in place and a retry finishes the job.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from mlops_pipeline import evaluate
 from mlops_pipeline.schema import CHALLENGER, CHAMPION, MODEL_ARTIFACT
-from mlops_pipeline.settings import TrainSettings, from_env
+from mlops_pipeline.settings import Settings, TrainSettings, from_env
 
 log = logging.getLogger(__name__)
 HISTORY = "alias.history"  # a version's tag: a JSON list of the alias moves that reached or left it
@@ -137,3 +139,23 @@ def rollback(name: str, by: str, client: Any = None) -> tuple[str, str]:  # noqa
         raise LookupError(f"version {current.version} of '{name}' is its first champion: there is none to go back to")
     move_alias(name, CHAMPION, previous, by, f"rollback from version {current.version}", client)
     return current.version, previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mlops_pipeline.registry rollback` (make rollback runs it in the scheduler's container)."""
+    parser = argparse.ArgumentParser(description="Move the registry's champion alias back to its previous version.")
+    parser.add_argument("action", choices=["rollback"])
+    parser.add_argument("--by", default="make rollback", help="who or what moves it (the alias history says)")
+    args = parser.parse_args(argv)
+    name = from_env(Settings).registered_model_name
+    try:
+        was, now = rollback(name, args.by)
+    except LookupError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 1
+    print(f"rollback: {name}'s champion moved from version {was} back to {now}; the model-server follows it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     )
     mlflow_experiment_name: str = EXPERIMENT  # where training runs go (the monitor logs to its own)
     pushgateway_url: str = ""  # empty: pipeline metrics are not pushed
+    # The accuracy a model must keep: the gate's floor (held-out rows), the live alert's and the promotion's.
+    min_accuracy: float = Field(
+        0.9, ge=0, le=NEVER_PROMOTE, description=f"a number from 0 to 1 (or up to {NEVER_PROMOTE}: promote nothing)"
+    )
 
 
 class DataSettings(BaseSettings):
@@ -57,9 +61,6 @@ class TrainSettings(Settings, DataSettings):
 
     rf_n_estimators: PositiveInt = 100
     rf_max_depth: PositiveInt | None = Field(3, description="a positive integer or 'none' (unlimited)")
-    min_accuracy: float = Field(
-        0.9, ge=0, le=NEVER_PROMOTE, description=f"a number from 0 to 1 (or up to {NEVER_PROMOTE}: promote nothing)"
-    )
     # What a model that passes the gate becomes: the champion at once (auto), or the challenger, served beside it
     # until a person approves (docs/challenger.md).
     promotion: Literal["auto", "challenger"] = "auto"
@@ -97,6 +98,17 @@ class MonitorSettings(LogSettings):
     # and over how many of the champion's latest labeled rows its recent accuracy is taken.
     monitor_live_days: PositiveInt = 7
     monitor_live_last_rows: PositiveInt = 200
+
+
+class PromotionSettings(MonitorSettings):
+    """The promote_challenger DAG's (docs/challenger.md): how many labeled rows a verdict needs, and whether a person
+    approves it (and how long they have) or it is applied at once."""
+
+    min_feedback: PositiveInt = 100
+    promotion_approval: Literal["manual", "auto"] = "manual"
+    promotion_approval_hours: float = Field(
+        24, gt=0, le=24 * 30, allow_inf_nan=False, description="a number of hours in (0, 720]"
+    )
 
 
 class ServerSettings(LogSettings):

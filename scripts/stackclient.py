@@ -117,6 +117,16 @@ class Airflow:
             return json.loads(value)
         return value
 
+    def hitl_details(self, dag_id: str, dag_run_id: str) -> list[dict]:
+        """The run's questions to a person (Airflow's human-in-the-loop tasks: subject, body, options, and the
+        task_instance with its state), answered or not."""
+        return self.call("GET", f"{self.run_path(dag_id, dag_run_id)}/hitlDetails").get("hitl_details", [])
+
+    def answer(self, dag_id: str, dag_run_id: str, task_id: str, option: str) -> dict:
+        """Answer a waiting human-in-the-loop task as the logged-in user (what Required actions' buttons do)."""
+        path = f"{self.run_path(dag_id, dag_run_id)}/taskInstances/{task_id}/-1/hitlDetails"
+        return self.call("PATCH", path, {"chosen_options": [option], "params_input": {}})
+
     def runs(self, dag_id: str) -> list[dict]:
         """The DAG's runs, newest first (each with dag_run_id, run_type, state)."""
         answer = self.call("GET", f"/dags/{dag_id}/dagRuns?order_by=-run_after&limit=100")

@@ -30,7 +30,13 @@ def test_no_import_errors(dagbag) -> None:  # noqa: ANN001
 
 
 def test_dag_shape(dagbag, training_data: Path) -> None:  # noqa: ANN001
-    assert set(dagbag.dags) == {"mlops_pipeline", "append_training_data", "monitor_model", "batch_predict"}
+    assert set(dagbag.dags) == {
+        "mlops_pipeline",
+        "append_training_data",
+        "monitor_model",
+        "batch_predict",
+        "promote_challenger",
+    }
     dag = dagbag.dags["mlops_pipeline"]
     # Runs when the training data file's asset gets an event (and on Trigger, as every DAG does).
     assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
@@ -65,7 +71,13 @@ def test_parsing_does_not_import_heavy_libraries(tmp_path: Path) -> None:
     env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "TRAINING_DATA_PATH": str(data)}
     files = [
         str(DAGS / name)
-        for name in ("ml_pipeline.py", "monitor_model.py", "append_training_data.py", "batch_predict.py")
+        for name in (
+            "ml_pipeline.py",
+            "monitor_model.py",
+            "append_training_data.py",
+            "batch_predict.py",
+            "promote_challenger.py",
+        )
     ]
     result = subprocess.run([sys.executable, "-c", code, *files], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -91,7 +103,7 @@ def test_the_monitor_checks_hourly_one_run_at_a_time_and_takes_a_minimum(dagbag,
     assert type(dag.timetable).__name__ == "CronTriggerTimetable"
     assert dag.timetable.expression == "0 * * * *"
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert [t.task_id for t in dag.tasks] == ["check_drift"]
+    assert [t.task_id for t in dag.tasks] == ["check_drift", "check_live"]
     from mlops_pipeline.monitoring import drift
 
     seen = []
@@ -124,3 +136,27 @@ def test_appending_rows_updates_the_asset_mlops_pipeline_runs_on(dagbag, tmp_pat
     with pytest.raises(DataError, match="row 2: target is '7'"):
         task.python_callable(params={"rows": [good, good | {"target": "7"}]})
     assert data.read_bytes() == before
+
+
+def test_promote_challenger_asks_a_person_between_the_verdict_and_the_move(dagbag) -> None:  # noqa: ANN001
+    """compare -> route -> approve (Airflow's ApprovalOperator, Reject on timeout) -> promote -> record; route may
+    go straight to promote (PROMOTION_APPROVAL=auto) or to record (not ready); record runs after a rejection."""
+    dag = dagbag.dags["promote_challenger"]
+    assert type(dag.timetable).__name__ == "NullTimetable" and dag.max_active_runs == 1
+    downstream = {t.task_id: {d.task_id for d in t.downstream_list} for t in dag.tasks}
+    assert downstream == {
+        "compare": {"route", "promote", "record"},
+        "route": {"approve", "promote", "record"},
+        "approve": {"promote"},
+        "promote": {"record"},
+        "record": set(),
+    }
+    approve = dag.get_task("approve")
+    assert type(approve).__name__ == "ApprovalOperator" and approve.defaults == ["Reject"]
+    assert approve.response_timeout.total_seconds() == 24 * 3600
+    assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    assert dag.get_task("record").trigger_rule == "none_failed"
+    route = dag.get_task("route").python_callable
+    ready = {"ready": True, "approval": "manual"}
+    assert route(ready) == "approve" and route(ready | {"approval": "auto"}) == "promote"
+    assert route({"ready": False, "approval": "auto"}) == "record"

@@ -70,7 +70,7 @@ def test_the_required_alerts_each_say_what_to_do() -> None:
     by_name = {rule["alert"]: rule for rule in rules()}
     assert {"ModelServerDown", "ModelServerErrors", "ModelServerSlow", "ChampionFailedToLoad"} <= set(by_name)
     assert {"NoSuccessfulTrainingRun", "TrainingRunFailed"} <= set(by_name)
-    assert {"ModelDataDrift", "DriftCheckStale"} <= set(by_name)
+    assert {"ModelDataDrift", "DriftCheckStale", "ChampionLiveAccuracyLow"} <= set(by_name)
     for name, rule in by_name.items():
         assert rule["annotations"]["summary"] and rule["annotations"]["action"], name
         assert rule["labels"]["severity"] in ("warning", "critical"), name

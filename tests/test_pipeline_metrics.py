@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,25 @@ def test_the_gate_decision_is_pushed_per_model(gateway: type[Recorder]) -> None:
     ((method, path, body),) = gateway.pushes
     assert (method, path) == ("POST", "/metrics/job/mlops_model/model/iris-classifier")
     assert values(body) == {"mlops_model_test_accuracy": 0.93, "mlops_model_version": 3.0, "mlops_model_promoted": 0}
+
+
+def test_the_live_comparison_replaces_its_group_and_leaves_out_figures_without_rows(gateway: type[Recorder]) -> None:
+    """PUT: a challenger gone since the last comparison leaves no figure behind; a NaN (no labeled rows) is not a
+    number Prometheus should alert on."""
+    got = {"champion_live_accuracy": 0.95, "champion_live_accuracy_last": float("nan"), "champion_labeled_rows": 40}
+    got |= {"feedback_unmatched": 2, "feedback_used": 20, "agreement": 0.9}
+    pipeline_metrics.live_checked(os.environ["PUSHGATEWAY_URL"], "iris-classifier", got, 0.9)
+    ((method, path, body),) = gateway.pushes
+    assert (method, path) == ("PUT", "/metrics/job/mlops_live/model/iris-classifier")
+    pushed = values(body)
+    assert pushed.pop("mlops_live_check_timestamp_seconds") > 0
+    assert pushed == {
+        "mlops_live_champion_accuracy": 0.95,
+        "mlops_live_champion_labeled_rows": 40,
+        "mlops_live_feedback_unmatched": 2,
+        "mlops_live_agreement": 0.9,
+        "mlops_live_min_accuracy": 0.9,
+    }
 
 
 @pytest.mark.parametrize("where", ["refused", "error"])

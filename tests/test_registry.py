@@ -101,7 +101,15 @@ def test_with_promotion_challenger_a_passing_model_becomes_the_challenger_then_c
         registry.promote_challenger(model_name, "ana", "again")
 
 
-def test_the_first_champion_has_nothing_to_roll_back_to(tracking_server: str, model_name: str) -> None:
+def test_the_first_champion_has_nothing_to_roll_back_to(
+    tracking_server: str, model_name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     promote(new_run(tracking_server), model_name, 0.0)
     with pytest.raises(LookupError, match="first champion"):
         registry.rollback(model_name, "make rollback")
+    monkeypatch.setenv("REGISTERED_MODEL_NAME", model_name)  # make rollback's command line says the same, exit 1
+    assert registry.main(["rollback"]) == 1
+    assert "is its first champion" in capsys.readouterr().err
+    promote(new_run(tracking_server), model_name, 0.0)
+    assert registry.main(["rollback"]) == 0
+    assert "moved from version 2 back to 1" in capsys.readouterr().out

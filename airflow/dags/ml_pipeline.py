@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 from mlops_pipeline import data
 from mlops_pipeline.settings import TrainSettings, from_env
@@ -43,6 +43,14 @@ def report_failure(context: dict) -> None:
     doc_md=__doc__,
     on_success_callback=report_success,
     on_failure_callback=report_failure,
+    params={
+        "promotion": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "auto", "challenger"],
+            description="what a model that passes the gate becomes (default: PROMOTION): champion, or challenger",
+        ),
+    },
 )
 def mlops_pipeline() -> None:
     @task(retries=0)  # bad data does not get better by retrying
@@ -68,12 +76,14 @@ def mlops_pipeline() -> None:
         return evaluate.evaluate_run(mlflow_run_id)
 
     @task
-    def register(mlflow_run_id: str) -> dict:
-        """New version of the registered model; `champion` moves to it only if it passes the gate."""
+    def register(mlflow_run_id: str, params: dict) -> dict:
+        """New version of the registered model; `champion` (or, PROMOTION=challenger, `challenger`) moves to it only if
+        it passes the gate."""
         from mlops_pipeline import registry, train
         from mlops_pipeline.monitoring import pipeline_metrics
 
-        settings = from_env(TrainSettings)
+        given = {"promotion": params["promotion"]} if params.get("promotion") else {}
+        settings = from_env(TrainSettings, **given)
         train.connect(settings)
         result = registry.register_and_promote(mlflow_run_id, settings)
         pipeline_metrics.model_registered(result)  # the accuracy and the gate's decision, for Prometheus

@@ -7,6 +7,10 @@ The figures and the HTML report are logged to MLflow's `mlops_monitoring` experi
 Pushgateway, where the ModelDataDrift alert watches them (monitoring/alerts.yml). Fewer rows: the task ends green
 with a "not enough data" line and the next check reads the same window again. A thin layer over
 mlops_pipeline/monitoring/drift.py (docs/drift.md).
+
+Beside it, `check_live` joins the labels clients sent back (POST /feedback) with what the champion, and a
+challenger if there is one, predicted: each version's live accuracy, to MLflow and the Pushgateway, where the
+ChampionLiveAccuracyLow alert watches the champion's latest labeled rows (monitoring/live.py, docs/challenger.md).
 """
 
 from __future__ import annotations
@@ -50,7 +54,15 @@ def monitor_model() -> None:
         since = datetime.fromisoformat(params["since"]) if params.get("since") else None
         return drift.monitor(from_env(MonitorSettings, **given), since=since)
 
+    @task(retries=1)
+    def check_live() -> dict:
+        """Each version's accuracy on the feedback of the last MONITOR_LIVE_DAYS, or why there is none yet."""
+        from mlops_pipeline.monitoring import live
+
+        return live.monitor()
+
     check_drift()
+    check_live()
 
 
 monitor_model()

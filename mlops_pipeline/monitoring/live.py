@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from mlops_pipeline import registry, train
-from mlops_pipeline.monitoring import log_reader
+from mlops_pipeline.monitoring import log_reader, pipeline_metrics
 from mlops_pipeline.schema import CHALLENGER, FEEDBACK_FIELDS, MONITORING_EXPERIMENT, SHADOW
 from mlops_pipeline.settings import MonitorSettings, from_env
 
@@ -109,34 +109,56 @@ def figures(joined: Joined, champion: str, challenger: str | None = None, last: 
     return out
 
 
+@dataclass
+class Observed:
+    """What the log says now about the registry's champion and challenger: their versions, the join, the figures."""
+
+    model: str
+    champion: str
+    challenger: str | None
+    joined: Joined
+    figures: dict[str, float]
+
+
+def observe(cfg: MonitorSettings, now: datetime | None = None) -> Observed | None:
+    """The last MONITOR_LIVE_DAYS of the log joined with its feedback, for the champion (and the challenger, if
+    any); None without a champion."""
+    name = cfg.registered_model_name
+    champion = registry.champion(name)
+    if champion is None:
+        return None
+    challenger = registry.champion(name, alias=CHALLENGER)
+    versions = str(champion.version), str(challenger.version) if challenger else None
+    until = now or datetime.now(UTC)
+    joined = join(log_reader.read_records(cfg, until - timedelta(days=cfg.monitor_live_days), until))
+    return Observed(name, *versions, joined, figures(joined, *versions, cfg.monitor_live_last_rows))
+
+
 def monitor(cfg: MonitorSettings | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """Join the last MONITOR_LIVE_DAYS of the log with its feedback and log the figures for the champion (and the
-    challenger, if any) to MLflow's monitoring experiment, as a run tagged `check=live`. Returns the figures (the
-    task result); without feedback yet, says so and logs nothing."""
+    """Log the live figures of the champion (and the challenger, if any) to MLflow's monitoring experiment, as a run
+    tagged `check=live`, and push them to the Pushgateway. Returns them (the task result); without feedback yet,
+    says so and logs nothing."""
     import mlflow
 
     cfg = cfg or from_env(MonitorSettings)
-    name = cfg.registered_model_name
     train.connect(cfg, MONITORING_EXPERIMENT)
-    champion = registry.champion(name)
-    if champion is None:
-        return {"status": "no champion", "model": name}
-    challenger = registry.champion(name, alias=CHALLENGER)
-    versions = {"champion": str(champion.version), "challenger": str(challenger.version) if challenger else None}
-    until = now or datetime.now(UTC)
-    joined = join(log_reader.read_records(cfg, until - timedelta(days=cfg.monitor_live_days), until))
-    got = figures(joined, versions["champion"], versions["challenger"], cfg.monitor_live_last_rows)
+    seen = observe(cfg, now)
+    if seen is None:
+        return {"status": "no champion", "model": cfg.registered_model_name}
+    joined, got = seen.joined, seen.figures
+    versions = {"champion": seen.champion, "challenger": seen.challenger}
     if not joined.used:
         log.info(
             "live: no feedback joined yet for %s (%d unmatched, %d mismatched)",
-            name,
+            seen.model,
             joined.unmatched,
             joined.mismatched,
         )
-        return {"status": "no feedback", "model": name, **versions, **got}
-    tags = {"check": "live", "model_name": name, "champion_version": versions["champion"]}
-    tags |= {"challenger_version": versions["challenger"]} if versions["challenger"] else {}
-    with mlflow.start_run(run_name=f"live {name} v{versions['champion']}", tags=tags) as run:
+        return {"status": "no feedback", "model": seen.model, **versions, **got}
+    tags = {"check": "live", "model_name": seen.model, "champion_version": seen.champion}
+    tags |= {"challenger_version": seen.challenger} if seen.challenger else {}
+    with mlflow.start_run(run_name=f"live {seen.model} v{seen.champion}", tags=tags) as run:
         mlflow.log_metrics({key: value for key, value in got.items() if not math.isnan(value)})
-    log.info("live: %s %s", name, ", ".join(f"{k} {v:.4g}" for k, v in got.items()))
-    return {"status": "compared", "model": name, "monitoring_run_id": run.info.run_id, **versions, **got}
+    pipeline_metrics.live_checked(cfg.pushgateway_url, seen.model, got, cfg.min_accuracy)
+    log.info("live: %s %s", seen.model, ", ".join(f"{k} {v:.4g}" for k, v in got.items()))
+    return {"status": "compared", "model": seen.model, "monitoring_run_id": run.info.run_id, **versions, **got}

@@ -9,6 +9,9 @@ the time of the last success):
   the `register` task, wherever it runs (a Celery worker in the scale variant).
 - job="mlops_drift", model=...: the last drift check's verdict (monitor_model DAG, monitoring/drift.py): dataset
   drift 1/0, the share of drifted features, prediction drift 1/0, the rows and version it looked at, when it ended.
+- job="mlops_live", model=...: the last live comparison (monitor_model DAG, monitoring/live.py): each version's
+  accuracy on the labels clients sent back. Replaced whole (`push_to_gateway`), so a challenger that is gone leaves
+  no figure behind.
 
 PUSHGATEWAY_URL says where (compose sets http://pushgateway:9091); empty: nothing is pushed. A push that fails (the
 monitoring profile is not up) logs one line and never fails the task or the run.
@@ -17,10 +20,11 @@ monitoring profile is not up) logs one line and never fails the task or the run.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway
 
 from mlops_pipeline.settings import Settings, from_env
 
@@ -43,12 +47,32 @@ HELP = {  # every gauge pushed, with its help text
     "mlops_batch_rows_scored": "Rows the last batch_predict run scored.",
     "mlops_batch_rows_rejected": "Rows the last batch_predict run refused (the row schema).",
     "mlops_batch_duration_seconds": "How long the last batch_predict run took, from its start to its output.",
+    "mlops_live_champion_accuracy": "The champion's accuracy on every labeled row of the live comparison's window.",
+    "mlops_live_champion_accuracy_last": "The champion's accuracy on its latest MONITOR_LIVE_LAST_ROWS labeled rows.",
+    "mlops_live_champion_labeled_rows": "Labeled rows the champion answered in the live comparison's window.",
+    "mlops_live_challenger_accuracy": "The challenger's accuracy on every labeled row it predicted.",
+    "mlops_live_challenger_labeled_rows": "Labeled rows the challenger predicted (shadow or canary).",
+    "mlops_live_agreement": "Share of the rows both versions predicted on which they gave the same class.",
+    "mlops_live_feedback_unmatched": "Feedback items whose request ID the inference log does not have.",
+    "mlops_live_min_accuracy": "MIN_ACCURACY: the floor the champion's recent live accuracy is alerted on.",
+    "mlops_live_check_timestamp_seconds": "When the last live comparison ended (Unix time).",
+}
+LIVE = {  # the live comparison's figure (live.figures) behind each pushed gauge
+    "mlops_live_champion_accuracy": "champion_live_accuracy",
+    "mlops_live_champion_accuracy_last": "champion_live_accuracy_last",
+    "mlops_live_champion_labeled_rows": "champion_labeled_rows",
+    "mlops_live_challenger_accuracy": "challenger_live_accuracy",
+    "mlops_live_challenger_labeled_rows": "challenger_labeled_rows",
+    "mlops_live_agreement": "agreement",
+    "mlops_live_feedback_unmatched": "feedback_unmatched",
 }
 
 
-def push(job: str, grouping_key: dict[str, str], values: dict[str, float], url: str | None = None) -> bool:
-    """Push the gauges {name: value} to the group at `url` (default: PUSHGATEWAY_URL); False (and one log line)
-    when it could not be done."""
+def push(
+    job: str, grouping_key: dict[str, str], values: dict[str, float], url: str | None = None, replace: bool = False
+) -> bool:
+    """Push the gauges {name: value} to the group at `url` (default: PUSHGATEWAY_URL), adding to the group's other
+    gauges or (`replace`) instead of them; False (and one log line) when it could not be done."""
     url = (from_env(Settings).pushgateway_url if url is None else url).strip()
     if not url:
         return False
@@ -56,7 +80,8 @@ def push(job: str, grouping_key: dict[str, str], values: dict[str, float], url: 
     for name, number in values.items():
         Gauge(name, HELP[name], registry=registry).set(number)
     try:
-        pushadd_to_gateway(url, job=job, registry=registry, grouping_key=grouping_key, timeout=PUSH_TIMEOUT_SECONDS)
+        send = push_to_gateway if replace else pushadd_to_gateway
+        send(url, job=job, registry=registry, grouping_key=grouping_key, timeout=PUSH_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - metrics must never fail a run
         log.warning("pipeline metrics: not pushed to %s (%s); is the monitoring profile up?", url, exc)
         return False
@@ -110,3 +135,12 @@ def batch_scored(url: str, model: str, counts: dict[str, int], duration: float) 
         "mlops_batch_duration_seconds": duration,
     }
     push("mlops_batch", {"model": model}, values, url)
+
+
+def live_checked(url: str, model: str, figures: dict[str, float], floor: float) -> None:
+    """After a live comparison that joined feedback (live.monitor; figures: live.figures'). A figure without rows
+    behind it (NaN) is left out, not pushed as a number."""
+    values = {name: figures[key] for name, key in LIVE.items() if key in figures and not math.isnan(figures[key])}
+    values |= {"mlops_live_min_accuracy": floor, "mlops_live_check_timestamp_seconds": time.time()}
+    if push("mlops_live", {"model": model}, values, url, replace=True):
+        log.info("pipeline metrics: pushed the live comparison of %s", model)
