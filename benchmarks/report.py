@@ -17,6 +17,7 @@ TITLES = {
     "serving-vs-training": "1b. Serving and training together: DAG runs under serving load, memory after it",
     "serving-local": "1c. Serving, local processes (mlflow/model-server.sh)",
     "monitoring": "1d. Monitoring: what /metrics costs serving, and the monitoring profile's memory",
+    "challenger": "1e. Challenger: what a challenger in shadow or canary mode costs serving (docs/challenger.md)",
     "training": "2. Training: DAG run on warm services vs. one fresh process of the same pipeline",
     "cold-start": "3. Cold start: `make demo` on built images, fresh volumes, to the first prediction",
     "memory": "4. Memory and size",

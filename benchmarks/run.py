@@ -24,12 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import backup_part, batch_part, compose_parts, monitoring_cost, peers, report, serving
+from benchmarks import backup_part, batch_part, challenger_part, compose_parts, monitoring_cost, peers, report, serving
 from benchmarks.common import BENCH, AirflowError, BenchError, Stack, log, machine
 
 PARTS = (
     "serving-compose",
     "monitoring",
+    "challenger",
     "serving-vs-training",
     "serving-local",
     "training",
@@ -47,6 +48,7 @@ COMPOSE = (
     "memory",
     "serving-compose",
     "monitoring",
+    "challenger",
     "serving-vs-training",
     "training",
     "drift-monitor",
@@ -146,6 +148,11 @@ def compose_session(args: argparse.Namespace, results: Results, tmp: Path) -> No
             results.attempt(
                 part, lambda: results.add(part, monitoring_cost.measure(stack, args.runs, args.seconds, results["raw"]))
             )
+        if "challenger" in wanted:
+            part = "challenger"
+            results.attempt(
+                part, lambda: results.add(part, challenger_part.measure(stack, args.runs, args.seconds, results["raw"]))
+            )
         if "serving-vs-training" in wanted:
             part = "serving-vs-training"
             results.attempt(
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="mlopsbench-"))
     try:
-        if any(p.startswith("serving") or p in ("monitoring", "peers") for p in args.parts):
+        if any(p.startswith("serving") or p in ("monitoring", "challenger", "peers") for p in args.parts):
             results["client"] = results.attempt("load tools", ensure_load_tools) or ""
         if [p for p in COMPOSE if p in args.parts]:
             results.attempt("compose", lambda: compose_session(args, results, tmp))

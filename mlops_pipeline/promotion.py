@@ -63,18 +63,20 @@ def compare(cfg: PromotionSettings | None = None, now: datetime | None = None) -
         ]
     )
     log.info("promotion: %s v%s %s", seen.model, seen.challenger, reason)
-    return {
-        "ready": ready,
-        "reason": reason,
-        "model": seen.model,
-        "champion": seen.champion,
-        "challenger": seen.challenger,
-        "labeled_rows": rows,
-        "challenger_accuracy": mine,
-        "champion_accuracy": theirs,
-        "approval": cfg.promotion_approval,
-        "summary": summary,
-    }
+    return live.plain(
+        {
+            "ready": ready,
+            "reason": reason,
+            "model": seen.model,
+            "champion": seen.champion,
+            "challenger": seen.challenger,
+            "labeled_rows": rows,
+            "challenger_accuracy": mine,
+            "champion_accuracy": theirs,
+            "approval": cfg.promotion_approval,
+            "summary": summary,
+        }
+    )
 
 
 def approver(answer: dict[str, Any] | None) -> str:

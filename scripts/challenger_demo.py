@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [rng.choice(reference) for _ in range(args.requests)]
     tag = uuid.uuid4().hex[:8]
     feedback = []
-    for i, (row, noisy) in enumerate(zip(rows, traffic(rows, features, len(rows), rng), strict=True)):
+    for i, row in enumerate(rows):
+        noisy = traffic([row], features, 1, rng)[0]  # this row, with measurement noise; its label stays true
         request_id = f"challenger-demo-{tag}-{i}"
         status, body = http("POST", f"{stack.model}/invocations", {"inputs": [noisy]}, {"X-Request-Id": request_id})
         if status != 200:
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(live, dict) or live.get("status") != "compared":
         raise fail(f"no live comparison: {live}")
     say(
-        f"   champion v{old} {live['champion_live_accuracy']:.3f}, challenger v{new} "
-        f"{live['challenger_live_accuracy']:.3f} on {live['same_rows']} labeled rows, agreement {live['agreement']:.3f}"
+        f"   on the same {live['same_rows']} labeled rows: champion v{old} {live['champion_accuracy_same_rows']:.3f}, "
+        f"challenger v{new} {live['challenger_accuracy_same_rows']:.3f}, agreement {live['agreement']:.3f}"
     )
 
     say(f"4. asking for the promotion ({PROMOTE_DAG})")

@@ -1,6 +1,6 @@
 """mlops_pipeline.backup on real files and SQLite databases in a temporary directory: the archive's contents, a
 snapshot taken while a database is written, and every refusal leaving the state exactly as it was. The compose
-round trip (make backup, clean_disk.sh, make restore) is tests/compose/test_backup_restore.py."""
+round trip (make backup, clean_disk.sh, make restore) is tests/compose/test_stack.py's steps 7d-9 (backup_steps.py)."""
 
 from __future__ import annotations
 

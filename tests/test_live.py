@@ -4,6 +4,7 @@ server and registry."""
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import UTC, datetime
@@ -97,6 +98,8 @@ def test_monitor_logs_the_comparison_to_mlflow_and_nothing_without_feedback(
     logged(tmp_path / "a", served)
     waiting = live.monitor(from_env(MonitorSettings, **{**cfg.model_dump(), "inference_log_dir": tmp_path / "a"}))
     assert waiting["status"] == "no feedback" and waiting["challenger"] == challenger["version"]
+    assert waiting["champion_live_accuracy"] is None  # no rows: None, as JSON (Airflow's XCom) has no NaN
+    json.dumps(waiting, allow_nan=False)
 
     def with_feedback(log: InferenceLog) -> None:
         served(log)

@@ -3,6 +3,7 @@ tracking server), then promoted or not, and the decision tagged on its version."
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +54,9 @@ def test_a_challenger_with_too_few_labels_is_not_ready_and_says_how_many(
     tracking_server: str, versions: tuple[str, str, str], tmp_path: Path
 ) -> None:
     name, champion, challenger = versions
+    nothing = promotion.compare(settings(tracking_server, name, tmp_path / "empty"))  # no labeled row at all
+    assert nothing["reason"].startswith("0 labeled rows") and nothing["challenger_accuracy"] is None
+    json.dumps(nothing, allow_nan=False)  # a task's result: JSON without NaN, or Airflow refuses the XCom
     shadow_log(tmp_path, name, champion, challenger, 40, {"champion": 4, "challenger": 0})
     verdict = promotion.compare(settings(tracking_server, name, tmp_path))  # MIN_FEEDBACK 100 > 80 rows
     assert not verdict["ready"] and verdict["reason"] == "80 labeled rows of the challenger, MIN_FEEDBACK is 100"

@@ -109,6 +109,11 @@ def figures(joined: Joined, champion: str, challenger: str | None = None, last: 
     return out
 
 
+def plain(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures with None for NaN (no rows behind it): a task's result must be JSON, which has no NaN."""
+    return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in figures.items()}
+
+
 @dataclass
 class Observed:
     """What the log says now about the registry's champion and challenger: their versions, the join, the figures."""
@@ -154,11 +159,11 @@ def monitor(cfg: MonitorSettings | None = None, now: datetime | None = None) -> 
             joined.unmatched,
             joined.mismatched,
         )
-        return {"status": "no feedback", "model": seen.model, **versions, **got}
+        return plain({"status": "no feedback", "model": seen.model, **versions, **got})
     tags = {"check": "live", "model_name": seen.model, "champion_version": seen.champion}
     tags |= {"challenger_version": seen.challenger} if seen.challenger else {}
     with mlflow.start_run(run_name=f"live {seen.model} v{seen.champion}", tags=tags) as run:
         mlflow.log_metrics({key: value for key, value in got.items() if not math.isnan(value)})
     pipeline_metrics.live_checked(cfg.pushgateway_url, seen.model, got, cfg.min_accuracy)
     log.info("live: %s %s", seen.model, ", ".join(f"{k} {v:.4g}" for k, v in got.items()))
-    return {"status": "compared", "model": seen.model, "monitoring_run_id": run.info.run_id, **versions, **got}
+    return plain({"status": "compared", "model": seen.model, "monitoring_run_id": run.info.run_id, **versions, **got})

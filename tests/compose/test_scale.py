@@ -435,6 +435,30 @@ def test_3d_drift_demo_on_celery_workers_reading_the_table(stack: ScaleStack) ->
     stack.dag_runs += [r["dag_run_id"] for r in airflow.runs(DAG) if r["dag_run_id"] not in before]
 
 
+def test_3d2_feedback_goes_to_the_table_and_the_live_check_on_a_worker_joins_it(stack: ScaleStack) -> None:
+    """POST /feedback on the scale variant: the labels are rows of the same PostgreSQL table as the predictions,
+    and monitor_model's check_live (on a Celery worker, reading the table) joins them."""
+    run = uuid.uuid4().hex[:8]
+    ids = [f"{run}-fb-{i}" for i in range(20)]
+    with requests.Session() as session:
+        for request_id in ids:
+            answer = session.post(
+                f"{stack.model_url}/invocations", json=SEED_PAYLOAD, headers={"X-Request-Id": request_id}, timeout=10
+            )
+            assert answer.status_code == 200
+        sent = session.post(f"{stack.model_url}/feedback", json=[{"request_id": i, "labels": [0]} for i in ids])
+    assert sent.status_code == 202 and sent.json()["recorded"] == 20, sent.text
+    query = f"select count(*) from inference_log where record->>'request_id' like '{run}-fb-%' and record ? 'labels'"  # noqa: S608 - our own hex
+    count = lambda: stack.sh("postgres", f'psql -U postgres -d inference_log -tAc "{query}"').stdout.strip()  # noqa: E731
+    wait_for("the 20 labels in the table", lambda: count() == "20", 30)
+    airflow = stack.airflow()
+    monitor = airflow.trigger("monitor_model")
+    assert airflow.wait_for_run("monitor_model", monitor, timeout=300, progress=False) == "success"
+    live = airflow.xcom("monitor_model", monitor, "check_live")
+    assert isinstance(live, dict) and live["status"] == "compared", live
+    assert live["feedback_used"] >= 20 and live["champion_labeled_rows"] >= 20, live
+
+
 def test_3e_predict_batch_spreads_its_chunks_over_both_workers_and_keeps_its_files_in_the_bucket(
     stack: ScaleStack, tmp_path: Path
 ) -> None:
@@ -576,7 +600,7 @@ def test_8_backup_and_restore_over_postgres_and_the_bucket_onto_an_empty_machine
     """make scale-backup of the running stack; every volume gone (down -v: both databases, the bucket, the queue);
     make scale-restore on that empty machine: the same MLflow runs, versions and champion, the same DAG runs and
     task history, every object of the buckets, every inference-log row, the same predictions; then a new run.
-    (The refusals are test_backup_restore.py's and test_backup_engines.py's.)"""
+    (The refusals are test_stack.py's (backup_steps.py) and test_backup_engines.py's.)"""
     rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
     with requests.Session() as session:
         answers = [session.post(f"{stack.model_url}/invocations", json={"inputs": [r]}, timeout=30) for r in rows]

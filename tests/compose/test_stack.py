@@ -7,11 +7,14 @@ Tests run in file order and share one stack; each step needs the previous ones.
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
 
+import backup_steps
 import numpy as np
 import pandas as pd
 import pytest
@@ -34,6 +37,7 @@ RESULTS = ROOT / "tests" / "artifacts" / "compose-results.json"
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "mlops.json"
 ALERTS = ("ModelServerDown", "ModelServerErrors", "ModelServerSlow", "ChampionFailedToLoad")
 ALERTS += ("NoSuccessfulTrainingRun", "TrainingRunFailed", "ModelDataDrift", "DriftCheckStale")
+CACHE = [f"{PROJECT}-cache-{i}:latest" for i in range(2)]  # step 8 keeps the images' layers for step 9's build
 BAD_REQUESTS = 7  # 400s sent in step 3c: nothing else in this suite sends a 400 before it
 
 
@@ -45,6 +49,8 @@ class Stack(ComposeProject):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, PROJECT, BATCH_CHUNK_ROWS="300")  # 1,000 rows: 4 mapped scoring tasks
+        self.workdir = workdir
+        self.before: dict = {}  # what the restore (step 9) must give back
         self.expected_runs = 1  # finished MLflow runs = successful DAG runs so far
         grafana = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]["image"]
         self.grafana = self.run("docker", "image", "inspect", grafana, check=False).returncode == 0
@@ -76,6 +82,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     s = Stack(tmp_path_factory.mktemp("compose"))
     with s.lifetime(RESULTS, stop_timeout=20):
         yield s
+    s.run("docker", "image", "rm", *CACHE, check=False)
 
 
 def test_1_up_builds_and_every_service_becomes_healthy(stack: Stack) -> None:
@@ -240,6 +247,7 @@ def test_3d_every_alert_rule_is_loaded_and_every_dashboard_query_returns_data(st
     assert set(ALERTS) <= set(rules), sorted(rules)
     assert all(rules[name]["health"] == "ok" for name in ALERTS), {n: rules[n].get("lastError") for n in ALERTS}
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
+    exprs = [e for e in exprs if "mlops_live_" not in e]  # the live comparison's: step 3h, once there is feedback
     assert len(exprs) >= 10
     # Grafana fills $__rate_interval from the scrape interval; five minutes covers this suite's history. A rate
     # needs two scrapes (15 s apart) of a series: the model-server's series are a few seconds old here.
@@ -327,6 +335,84 @@ def test_3g_drift_demo_detects_the_shift_only_and_the_asset_retrains_to_a_new_ch
         return any(a["labels"]["alertname"] == "ModelDataDrift" and a["state"] == "firing" for a in alerts)
 
     wait_for("ModelDataDrift to fire", firing, 60, interval=3)
+
+
+def mlflow_client(stack: Stack):  # noqa: ANN201 - mlflow's type, imported late
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+
+
+def logged_records(stack: Stack) -> list[dict]:
+    """Every complete record of the model-server's inference log (predictions, shadow predictions, feedback)."""
+    read = "cat /mlflow/inference-log/date=*/*.jsonl 2>/dev/null; true"
+    out = stack.compose("exec", "-T", "model-server", "sh", "-c", read).stdout
+    records = []
+    for line in out.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def test_3h_challenger_demo_shadow_feedback_comparison_approval_and_rollback_without_a_failed_request(
+    stack: Stack,
+) -> None:
+    """make challenger-demo under a steady load: the challenger's shadow predictions and the 200 labels logged
+    under each request ID, the comparison in MLflow and Prometheus (its panels have data), the approval through
+    Airflow's REST API tagged on the version, the new champion served, the rollback to the old one; no request of
+    the load failed through either switch."""
+    before = requests.get(f"{stack.model_url}/model", timeout=10).json()["model_version"]
+    stop, statuses = threading.Event(), collections.Counter()
+
+    def load() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                statuses[session.post(f"{stack.model_url}/invocations", json=SEED_PAYLOAD, timeout=10).status_code] += 1
+                time.sleep(0.02)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    started = time.monotonic()
+    try:
+        demo = stack.run(str(ROOT / ".venv" / "bin" / "python"), "-m", "scripts.challenger_demo", check=False)
+    finally:
+        stop.set()
+        loader.join()
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out
+    stack.results["challenger_demo_s"] = round(time.monotonic() - started, 1)
+    stack.expected_runs += 1  # the challenger's training run
+    assert set(statuses) == {200} and statuses[200] > 100, statuses
+    new = next(line for line in demo.stdout.splitlines() if "is the challenger" in line).split("version ")[1].split()[0]
+    assert demo.stdout.splitlines()[-1].endswith(f"serves iris-classifier version {before} again"), out
+    assert requests.get(f"{stack.model_url}/model", timeout=10).json()["model_version"] == before
+
+    records = [r for r in logged_records(stack) if str(r.get("request_id", "")).startswith("challenger-demo-")]
+    labels = {r["request_id"]: r["labels"] for r in records if "labels" in r}
+    served = collections.defaultdict(set)
+    for r in records:
+        if "predictions" in r:
+            served[r["request_id"]].add((r["model_version"], bool(r.get("shadow"))))
+    assert len(labels) == 200 and set(labels) == set(served)
+    assert all(both == {(before, False), (new, True)} for both in served.values()), list(served.items())[:3]
+
+    client = mlflow_client(stack)
+    live = client.search_runs(
+        [client.get_experiment_by_name("mlops_monitoring").experiment_id], "tags.check = 'live'", max_results=1
+    )[0]
+    assert live.data.tags["challenger_version"] == new and live.data.metrics["same_rows"] >= 200
+    tags = client.get_model_version("iris-classifier", new).tags
+    assert (tags["promotion.decision"], tags["promotion.by"]) == ("promoted", stack.cfg["AIRFLOW_ADMIN_USERNAME"])
+    moves = [(e["alias"], e["action"]) for e in json.loads(tags["alias.history"])]
+    assert moves == [("challenger", "set"), ("champion", "set"), ("challenger", "left"), ("champion", "left")]
+
+    wanted = 'mlops_live_challenger_labeled_rows{model="iris-classifier"}'
+    assert wait_for("the live comparison in Prometheus", lambda: stack.promql_value(wanted), 60, 3) >= 200
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
+    live_exprs = [e for e in exprs if "mlops_live_" in e]
+    assert len(live_exprs) >= 3 and all(stack.promql(e) for e in live_exprs), live_exprs
 
 
 def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> None:
@@ -637,7 +723,19 @@ def test_7c_no_secret_in_the_logs(stack: Stack) -> None:
             assert value not in logs, f"{key} appears in the logs"
 
 
+def test_7d_a_backup_under_a_dag_run_and_serving_load_is_complete_and_consistent(stack: Stack) -> None:
+    stack.before = backup_steps.before_backup(stack, stack.workdir)
+    backup_steps.backup_under_load(stack, stack.workdir / "stack.tar.gz")
+
+
+def test_7e_bad_archives_and_a_stack_with_state_are_refused_and_nothing_changes(stack: Stack) -> None:
+    backup_steps.bad_archives_refused(stack, stack.workdir / "stack.tar.gz")
+
+
 def test_8_clean_disk_removes_the_project_and_nothing_else(stack: Stack) -> None:
+    # Another tag keeps the build's layers, so step 9's restore builds in seconds, not minutes of downloads.
+    for image, tag in zip((stack.env["AIRFLOW_IMAGE"], stack.env["MLFLOW_IMAGE"]), CACHE, strict=True):
+        stack.run("docker", "tag", image, tag)
     tag = f"keepme-{uuid.uuid4().hex[:8]}"
     base = "python:3.11-slim-bookworm"
     stack.run("docker", "volume", "create", tag)
@@ -660,3 +758,7 @@ def test_8_clean_disk_removes_the_project_and_nothing_else(stack: Stack) -> None
         stack.run("docker", "rm", "-f", tag, check=False)
         stack.run("docker", "volume", "rm", tag, check=False)
         stack.run("docker", "rmi", f"{tag}:latest", check=False)
+
+
+def test_9_restore_on_the_empty_machine_gives_everything_back(stack: Stack) -> None:
+    backup_steps.restore_and_check(stack, stack.workdir / "stack.tar.gz", stack.before, PROJECT)
