@@ -25,7 +25,7 @@ from sklearn.datasets import load_iris
 from conftest import ROOT, ComposeProject
 from mlops_pipeline.backup.archive import MANIFEST, VARIANTS
 from mlops_pipeline.schema import MODEL_NAME
-from scripts.stackclient import mlflow_login, registry_champion_version, wait_for_model
+from scripts.stackclient import mlflow_login, registry_champion_version
 from scripts.stackenv import wait_for
 from test_backup import rewritten
 
@@ -99,11 +99,17 @@ def champion(stack: ComposeProject) -> str:
     return str(found["version"])
 
 
+def served(stack: ComposeProject) -> str | None:
+    """The model the model-server answers with: the champion's URI, or the run update_run_id.sh pinned."""
+    return requests.get(f"{stack.model_url}/model", timeout=10).json().get("model_uri")
+
+
 def before_backup(stack: ComposeProject, workdir: Path) -> dict:
     """What the restore must give back, read from the running stack; an Airflow variable encrypted with the
     Fernet key among it."""
     stack.airflow().call("POST", "/variables", {"key": "backup_check", "value": SECRET_VALUE})
-    state = {"champion": champion(stack), "predictions": predictions(stack), "runs": runs(stack)}
+    state = {"champion": champion(stack), "served": served(stack), "predictions": predictions(stack)}
+    state["runs"] = runs(stack)
     state |= {"dag_runs": dag_runs(stack), "logged": logged(stack)}
     state["model_files"] = model_files(stack, state["champion"], workdir)
     assert len(state["runs"]) >= 4 and len(set(state["logged"])) > 400, (len(state["runs"]), len(state["logged"]))
@@ -180,7 +186,7 @@ def restore_and_check(stack: ComposeProject, archive: Path, before: dict, projec
     restored = script(stack, "scripts.backup", "restore", str(archive))
     stack.results["restore_s"] = round(time.monotonic() - started, 1)
     assert restored.returncode == 0, restored.stderr
-    wait_for_model(stack.model_url, before["champion"])
+    wait_for(f"the model-server to serve {before['served']}", lambda: served(stack) == before["served"], 180, 1)
     assert champion(stack) == before["champion"]
     assert predictions(stack) == before["predictions"]
     assert runs(stack) == before["runs"]
