@@ -14,8 +14,8 @@ import statistics
 from typing import Any
 from urllib.parse import quote
 
-from benchmarks.common import Stack, detail, log, target, wrk
-from benchmarks.serving import docker_proxy_pids, recreate_with
+from benchmarks.common import Stack, detail, log, target
+from benchmarks.serving import recreate_with, wrk_after_recreate
 from mlops_pipeline.schema import CHALLENGER, MODEL_NAME
 from scripts.stackclient import http
 from scripts.stackenv import wait_for
@@ -61,12 +61,7 @@ def measure(stack: Stack, runs: int, seconds: int, raw_out: dict) -> tuple[list[
                 recreate_with(stack, "CHALLENGER_MODE", mode)
                 if mode != "off":
                     wait_until_loaded(stack, version)
-                pids = {
-                    "server": [stack.init_pid("model-server")],
-                    "docker-proxy": docker_proxy_pids(stack.ports["MODEL_SERVER_PORT"]),
-                }
-                wrk(stack.model_url, 4, 1, pids)  # warm-up: every worker has answered
-                raw[mode].append(wrk(stack.model_url, 4, seconds, pids))
+                raw[mode].append(wrk_after_recreate(stack, seconds))
                 log(f"challenger: run {i + 1}/{runs}, {mode}: {raw[mode][-1]['rps']:,.0f} req/s")
     finally:
         name = quote(MODEL_NAME)

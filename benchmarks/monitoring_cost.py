@@ -15,9 +15,9 @@ import statistics
 import time
 from typing import Any
 
-from benchmarks.common import Stack, detail, log, target, wrk
+from benchmarks.common import Stack, detail, log, target
 from benchmarks.compose_parts import idle_memory
-from benchmarks.serving import docker_proxy_pids, recreate_with
+from benchmarks.serving import recreate_with, wrk_after_recreate
 
 # Each switch, and the share of throughput it may cost at most.
 SWITCHES = {
@@ -35,12 +35,7 @@ def switch_cost(stack: Stack, switch: str, runs: int, seconds: int) -> dict[str,
         for i in range(runs):
             for key in ("on", "off") if i % 2 == 0 else ("off", "on"):  # alternated, so drift spreads over both
                 recreate_with(stack, switch, "true" if key == "on" else "false")
-                pids = {
-                    "server": [stack.init_pid("model-server")],
-                    "docker-proxy": docker_proxy_pids(stack.ports["MODEL_SERVER_PORT"]),
-                }
-                wrk(stack.model_url, 4, 1, pids)  # warm-up: every worker has answered
-                raw[key].append(wrk(stack.model_url, 4, seconds, pids))
+                raw[key].append(wrk_after_recreate(stack, seconds))
                 log(f"monitoring: run {i + 1}/{runs}, {switch} {key}: {raw[key][-1]['rps']:,.0f} req/s")
     finally:
         recreate_with(stack, switch, "true")

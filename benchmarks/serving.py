@@ -198,6 +198,17 @@ def recreate_with(stack: Stack, key: str, value: str) -> None:
     wait_for(f"the model-server with {key}={value}", lambda: predicts(stack.model_url), 120)
 
 
+def wrk_after_recreate(stack: Stack, seconds: int) -> dict[str, Any]:
+    """wrk at 4 connections against a just recreated model-server, with its and docker-proxy's CPU, after a 1 s
+    warm-up in which every worker has answered."""
+    pids = {
+        "server": [stack.init_pid("model-server")],
+        "docker-proxy": docker_proxy_pids(stack.ports["MODEL_SERVER_PORT"]),
+    }
+    wrk(stack.model_url, 4, 1, pids)
+    return wrk(stack.model_url, 4, seconds, pids)
+
+
 def switch(stack: Stack, compiled: bool) -> None:
     """MODEL_SERVER_COMPILED on or off."""
     recreate_with(stack, "MODEL_SERVER_COMPILED", "true" if compiled else "false")
