@@ -59,7 +59,7 @@ def compare(cfg: PromotionSettings | None = None, now: datetime | None = None) -
             f"| live accuracy {basis} | {theirs:.4f} | {mine:.4f} |",
             f"| labeled rows | {int(got['champion_labeled_rows'])} | {int(got['challenger_labeled_rows'])} |",
             "",
-            f"Agreement on the same rows: {got.get('agreement', float('nan')):.4f}. {reason}.",
+            f"Agreement on the same rows: {got.get('agreement', float('nan')):.4f}. Verdict: {reason}.",
         ]
     )
     log.info("promotion: %s v%s %s", seen.model, seen.challenger, reason)

@@ -3,7 +3,7 @@ trained as the challenger, requests the champion answers while the challenger sc
 labels sent back, the live comparison, the approval through Airflow's REST API, the new champion served, and the
 rollback to the old one.
 
-Usage: python -m scripts.challenger_demo [--requests N]      (make challenger-demo; .env or ENV_FILE)
+Usage: python -m scripts.challenger_demo [--requests N] [--screenshot PNG]  (make challenger-demo; .env or ENV_FILE)
        python -m scripts.challenger_demo rollback             (make rollback: champion back to its previous version)
 
 Requests are drawn from the champion's own training rows (as make drift-demo's), one row each with a request ID of
@@ -23,7 +23,7 @@ from pathlib import Path
 from mlops_pipeline.schema import LABEL_COLUMN
 from scripts.drift_demo import Stack, traffic
 from scripts.stackclient import http, run_script, wait_for_model
-from scripts.stackenv import ROOT, settings, wait_for
+from scripts.stackenv import ROOT, settings, urls, wait_for
 
 TRAIN_DAG, MONITOR_DAG, PROMOTE_DAG = "mlops_pipeline", "monitor_model", "promote_challenger"
 # make rollback: registry.rollback in the scheduler's container, which has the package and MLflow's credentials.
@@ -66,9 +66,10 @@ def run_dag(stack: Stack, dag_id: str, conf: dict | None = None) -> str:
     return dag_run
 
 
-def approve(stack: Stack, timeout: float = 300) -> dict:
-    """One promote_challenger run: approve its question through the REST API when it asks one. Returns its
-    record task's result (the decision tagged on the challenger)."""
+def approve(stack: Stack, screenshot: Path | None = None, timeout: float = 300) -> dict:
+    """One promote_challenger run: approve its question through the REST API when it asks one (first, with
+    `screenshot`, a picture of it on Airflow's Required actions page). Returns its record task's result (the decision
+    tagged on the challenger)."""
     airflow = stack.airflow
     dag_run = airflow.trigger(PROMOTE_DAG)
 
@@ -82,6 +83,8 @@ def approve(stack: Stack, timeout: float = 300) -> dict:
         say(f"   Airflow asks: {asked[0]['subject']}")
         for line in (asked[0].get("body") or "").splitlines():
             say(f"     {line}")
+        if screenshot is not None:
+            required_actions(stack, asked[0]["subject"], screenshot)
         airflow.answer(PROMOTE_DAG, dag_run, asked[0]["task_instance"]["task_id"], "Approve")
         say(f"   approved through Airflow's REST API as {stack.cfg.get('AIRFLOW_ADMIN_USERNAME') or 'admin'}")
     if airflow.wait_for_run(PROMOTE_DAG, dag_run, timeout=timeout, progress=False) != "success":
@@ -92,10 +95,25 @@ def approve(stack: Stack, timeout: float = 300) -> dict:
     return result
 
 
+def required_actions(stack: Stack, subject: str, target: Path) -> None:
+    """The question on Airflow's Required actions page, as a 256-colour PNG at `target` (the browser suite's
+    Chromium, driven by Playwright: needs .venv, not the scripts' venv)."""
+    import tempfile
+
+    from scripts.screenshots import save_small
+    from scripts.ui_flow import required_actions_screen
+
+    user, password = stack.cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", stack.cfg["AIRFLOW_ADMIN_PASSWORD"]
+    with tempfile.TemporaryDirectory(prefix="challenger-demo-") as shots:
+        save_small(required_actions_screen(urls(stack.cfg)["airflow"], user, password, Path(shots), subject), target)
+    say(f"   the question on Airflow's Required actions page: {target}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", nargs="?", choices=["run", "rollback"], default="run")
     parser.add_argument("--requests", type=int, default=200, help="labeled requests to send (default 200)")
+    parser.add_argument("--screenshot", type=Path, help="save the approval's question on Required actions here")
     args = parser.parse_args(argv)
     if args.action == "rollback":
         print(rollback())
@@ -145,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     say(f"4. asking for the promotion ({PROMOTE_DAG})")
-    decision = approve(stack)
+    decision = approve(stack, args.screenshot)
     if decision.get("promotion.decision") != "promoted":
         raise fail(f"the challenger was not promoted: {decision}")
     wait_for_model(stack.model, new)

@@ -21,9 +21,10 @@ from mlops_pipeline.settings import PromotionSettings, TrainSettings, from_env
 ROW = [5.1, 3.5, 1.4, 0.2]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def versions(tracking_server: str) -> tuple[str, str, str]:
-    """(model name, champion version, challenger version): two small forests, the second as challenger."""
+    """(model name, champion version, challenger version): two small forests, the second as challenger. Shared by
+    the module's tests; the one that promotes runs last."""
     name = f"iris-promo-{uuid.uuid4().hex[:8]}"
     train = from_env(TrainSettings, registered_model_name=name, min_accuracy=0, promotion="challenger")
     first = registry.register_and_promote(train_run(tracking_server, "promo-test", rf_n_estimators=5), train)
@@ -66,36 +67,6 @@ def test_a_challenger_with_too_few_labels_is_not_ready_and_says_how_many(
     assert registry.champion(name).version == champion
 
 
-def test_a_better_challenger_is_ready_then_promoted_and_the_approver_is_tagged(
-    tracking_server: str, versions: tuple[str, str, str], tmp_path: Path
-) -> None:
-    name, champion, challenger = versions
-    shadow_log(tmp_path, name, champion, challenger, 60, {"champion": 6, "challenger": 0})
-    verdict = promotion.compare(settings(tracking_server, name, tmp_path))
-    assert verdict["ready"] and verdict["labeled_rows"] == 120, verdict
-    assert (verdict["challenger_accuracy"], verdict["champion_accuracy"]) == (1.0, 114 / 120)
-    assert "on the same requests" in verdict["reason"] and f"version {challenger} (challenger)" in verdict["summary"]
-    answer = {
-        "chosen_options": ["Approve"],
-        "responded_by_user": {"id": "1", "name": "ana"},
-        "responded_at": datetime(2026, 12, 8, 9, tzinfo=UTC),
-        "timedout": False,
-    }
-    assert promotion.promote(verdict, answer) == challenger
-    assert registry.champion(name).version == challenger and registry.champion(name, alias=CHALLENGER) is None
-    moved = registry.history(name, challenger)[-2]
-    assert (moved["alias"], moved["action"], moved["by"]) == ("champion", "set", "ana")
-    tags = promotion.record(verdict, answer, challenger)
-    assert tags == {
-        promotion.DECISION: "promoted",
-        promotion.REASON: verdict["reason"],
-        promotion.BY: "ana",
-        promotion.AT: "2026-12-08 09:00:00+00:00",
-    }
-    with pytest.raises(RuntimeError, match=f"no longer version {challenger}"):  # approved twice: nothing moves
-        promotion.promote(verdict, answer)
-
-
 def test_a_worse_challenger_is_not_ready_by_mlflows_verdict(
     tracking_server: str, versions: tuple[str, str, str], tmp_path: Path
 ) -> None:
@@ -135,3 +106,33 @@ def test_rejected_and_timed_out_answers_move_nothing_and_say_so(
     assert tags[promotion.DECISION] == "timed out" and "PROMOTION_APPROVAL_HOURS" in tags[promotion.REASON]
     assert registry.champion(name).version == champion
     assert registry.champion(name, alias=CHALLENGER).version == challenger
+
+
+def test_a_better_challenger_is_ready_then_promoted_and_the_approver_is_tagged(
+    tracking_server: str, versions: tuple[str, str, str], tmp_path: Path
+) -> None:
+    name, champion, challenger = versions
+    shadow_log(tmp_path, name, champion, challenger, 60, {"champion": 6, "challenger": 0})
+    verdict = promotion.compare(settings(tracking_server, name, tmp_path))
+    assert verdict["ready"] and verdict["labeled_rows"] == 120, verdict
+    assert (verdict["challenger_accuracy"], verdict["champion_accuracy"]) == (1.0, 114 / 120)
+    assert "on the same requests" in verdict["reason"] and f"version {challenger} (challenger)" in verdict["summary"]
+    answer = {
+        "chosen_options": ["Approve"],
+        "responded_by_user": {"id": "1", "name": "ana"},
+        "responded_at": datetime(2026, 12, 8, 9, tzinfo=UTC),
+        "timedout": False,
+    }
+    assert promotion.promote(verdict, answer) == challenger
+    assert registry.champion(name).version == challenger and registry.champion(name, alias=CHALLENGER) is None
+    moved = registry.history(name, challenger)[-2]
+    assert (moved["alias"], moved["action"], moved["by"]) == ("champion", "set", "ana")
+    tags = promotion.record(verdict, answer, challenger)
+    assert tags == {
+        promotion.DECISION: "promoted",
+        promotion.REASON: verdict["reason"],
+        promotion.BY: "ana",
+        promotion.AT: "2026-12-08 09:00:00+00:00",
+    }
+    with pytest.raises(RuntimeError, match=f"no longer version {challenger}"):  # approved twice: nothing moves
+        promotion.promote(verdict, answer)

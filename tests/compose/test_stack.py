@@ -362,7 +362,8 @@ def test_3h_challenger_demo_shadow_feedback_comparison_approval_and_rollback_wit
     """make challenger-demo under a steady load: the challenger's shadow predictions and the 200 labels logged
     under each request ID, the comparison in MLflow and Prometheus (its panels have data), the approval through
     Airflow's REST API tagged on the version, the new champion served, the rollback to the old one; no request of
-    the load failed through either switch."""
+    the load failed through either switch. The question is seen on Airflow's Required actions page in Chromium."""
+    require_chromium()
     before = requests.get(f"{stack.model_url}/model", timeout=10).json()["model_version"]
     stop, statuses = threading.Event(), collections.Counter()
 
@@ -376,7 +377,10 @@ def test_3h_challenger_demo_shadow_feedback_comparison_approval_and_rollback_wit
     loader.start()
     started = time.monotonic()
     try:
-        demo = stack.run(str(ROOT / ".venv" / "bin" / "python"), "-m", "scripts.challenger_demo", check=False)
+        shot = ROOT / "tests" / "artifacts" / "browser" / "compose" / "required-actions.png"
+        shot.unlink(missing_ok=True)
+        python = str(ROOT / ".venv" / "bin" / "python")
+        demo = stack.run(python, "-m", "scripts.challenger_demo", "--screenshot", str(shot), check=False)
     finally:
         stop.set()
         loader.join()
@@ -385,6 +389,7 @@ def test_3h_challenger_demo_shadow_feedback_comparison_approval_and_rollback_wit
     stack.results["challenger_demo_s"] = round(time.monotonic() - started, 1)
     stack.expected_runs += 1  # the challenger's training run
     assert set(statuses) == {200} and statuses[200] > 100, statuses
+    assert shot.stat().st_size > 10_000  # the question, seen on Required actions in Chromium (the texts checked)
     new = next(line for line in demo.stdout.splitlines() if "is the challenger" in line).split("version ")[1].split()[0]
     assert demo.stdout.splitlines()[-1].endswith(f"serves iris-classifier version {before} again"), out
     assert requests.get(f"{stack.model_url}/model", timeout=10).json()["model_version"] == before
