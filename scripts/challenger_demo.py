@@ -104,6 +104,7 @@ def required_actions(stack: Stack, subject: str, target: Path) -> None:
     from scripts.ui_flow import required_actions_screen
 
     user, password = stack.cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", stack.cfg["AIRFLOW_ADMIN_PASSWORD"]
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="challenger-demo-") as shots:
         save_small(required_actions_screen(urls(stack.cfg)["airflow"], user, password, Path(shots), subject), target)
     say(f"   the question on Airflow's Required actions page: {target}")

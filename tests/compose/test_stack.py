@@ -377,7 +377,7 @@ def test_3h_challenger_demo_shadow_feedback_comparison_approval_and_rollback_wit
     loader.start()
     started = time.monotonic()
     try:
-        shot = ROOT / "tests" / "artifacts" / "browser" / "compose" / "required-actions.png"
+        shot = ROOT / "tests" / "artifacts" / "browser" / "required-actions.png"  # 7b empties browser/compose/
         shot.unlink(missing_ok=True)
         python = str(ROOT / ".venv" / "bin" / "python")
         demo = stack.run(python, "-m", "scripts.challenger_demo", "--screenshot", str(shot), check=False)
