@@ -101,7 +101,7 @@ def required_actions(stack: Stack, subject: str, target: Path) -> None:
     import tempfile
 
     from scripts.screenshots import save_small
-    from scripts.ui_flow import required_actions_screen
+    from scripts.ui_required_actions import required_actions_screen
 
     user, password = stack.cfg.get("AIRFLOW_ADMIN_USERNAME") or "admin", stack.cfg["AIRFLOW_ADMIN_PASSWORD"]
     target.parent.mkdir(parents=True, exist_ok=True)
