@@ -17,8 +17,8 @@ from urllib.parse import quote
 from benchmarks.common import Stack, detail, log, target
 from benchmarks.serving import recreate_with, wrk_after_recreate
 from mlops_pipeline.schema import CHALLENGER, MODEL_NAME
+from scripts.challenger_demo import wait_for_challenger
 from scripts.stackclient import http
-from scripts.stackenv import wait_for
 
 MODES = ("off", "shadow", "canary")
 
@@ -34,22 +34,6 @@ def train_challenger(stack: Stack) -> str:
     return str(registered["version"])
 
 
-def challenger_loaded(stack: Stack, version: str) -> bool:
-    status, info = http("GET", f"{stack.model_url}/model")
-    return status == 200 and isinstance(info, dict) and (info.get("challenger") or {}).get("model_version") == version
-
-
-def wait_until_loaded(stack: Stack, version: str) -> None:
-    """Every worker has loaded the challenger: 10 answers in a row say so."""
-    seen: list[bool] = []
-
-    def ten_in_a_row() -> bool:
-        seen.append(challenger_loaded(stack, version))
-        return seen[-10:] == [True] * 10
-
-    wait_for(f"version {version} loaded as challenger", ten_in_a_row, 120, interval=0.1)
-
-
 def measure(stack: Stack, runs: int, seconds: int, raw_out: dict) -> tuple[list[dict], list[dict], list[str]]:
     """The rows of this part; its wrk runs go to raw_out["challenger"]."""
     version = train_challenger(stack)
@@ -60,7 +44,7 @@ def measure(stack: Stack, runs: int, seconds: int, raw_out: dict) -> tuple[list[
             for mode in MODES if i % 2 == 0 else MODES[::-1]:
                 recreate_with(stack, "CHALLENGER_MODE", mode)
                 if mode != "off":
-                    wait_until_loaded(stack, version)
+                    wait_for_challenger(stack.model_url, version)  # every worker has loaded it
                 raw[mode].append(wrk_after_recreate(stack, seconds))
                 log(f"challenger: run {i + 1}/{runs}, {mode}: {raw[mode][-1]['rps']:,.0f} req/s")
     finally:
