@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from sklearn.datasets import load_iris
@@ -24,7 +25,8 @@ from mlops_pipeline import registry
 from mlops_pipeline.monitoring import log_reader
 from mlops_pipeline.schema import CHALLENGER, MODEL_ARTIFACT
 from mlops_pipeline.serving import app as serve
-from mlops_pipeline.serving.challenger import FeedbackError, in_canary, parse_feedback
+from mlops_pipeline.serving import model as served
+from mlops_pipeline.serving.challenger import FeedbackError, Runs, in_canary, parse_feedback
 from mlops_pipeline.serving.inference_log import InferenceLog
 from mlops_pipeline.settings import LogSettings, TrainSettings, from_env
 
@@ -142,6 +144,8 @@ def test_shadow_never_changes_an_answer_and_logs_both_versions_under_each_reques
         ]
         before = [metric(client, name, **labels) for name, labels in counts]
         answers = [ask(client, row, f"req-{i}") for i, row in enumerate(ROWS)]
+        done = lambda: metric(client, counts[0][0], **counts[0][1]) - before[0] >= len(ROWS)  # noqa: E731
+        wait_for("the shadow's batches", done, 10)  # the worker's tick scores them, after the answers
         shadowed, served = (metric(client, n, **labels) - b for (n, labels), b in zip(counts, before, strict=True))
     assert [a[:2] for a in answers] == [(200, champion)] * len(ROWS)
     assert [a[2] for a in answers] == expected
@@ -181,16 +185,24 @@ class Raising(mlflow.pyfunc.PythonModel):
         raise RuntimeError("the challenger is broken")
 
 
+class ExtraRow(mlflow.pyfunc.PythonModel):
+    """A challenger that answers with one prediction too many (a wrong shape MLflow itself lets through)."""
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        return np.ones(len(model_input) + 1, dtype=np.int64)
+
+
 @pytest.mark.parametrize("mode", ["shadow", "canary"])
-def test_a_raising_challenger_leaves_every_answer_to_the_champion(
-    tracking: str, mode: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("broken_model", [Raising, ExtraRow])
+def test_a_broken_challenger_leaves_every_answer_to_the_champion(
+    tracking: str, mode: str, broken_model: type, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="model-server")
     name = f"iris-raising-{uuid.uuid4().hex[:8]}"
     first = train_run(tracking, "serve-test", rf_n_estimators=10)
     champion = registry.register_and_promote(first, from_env(TrainSettings, registered_model_name=name, min_accuracy=0))
     with mlflow.start_run(experiment_id=mlflow.set_experiment("serve-test").experiment_id):
-        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=Raising(), pip_requirements=["mlflow"])
+        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=broken_model(), pip_requirements=["mlflow"])
     broken = mlflow.register_model(info.model_uri, name).version
     MlflowClient(tracking).set_registered_model_alias(name, CHALLENGER, broken)
     with app_client(name, challenger_mode=mode, canary_percent=100, model_server_compiled=False) as client:
@@ -198,10 +210,56 @@ def test_a_raising_challenger_leaves_every_answer_to_the_champion(
         labels = {"model_version": broken, "mode": mode, "result": "error"}
         before = metric(client, "model_server_challenger_predictions_total", **labels)
         answers = [ask(client, row, f"r{i}") for i, row in enumerate(ROWS[:40])]
-        failed = metric(client, "model_server_challenger_predictions_total", **labels) - before
+        failed = lambda: metric(client, "model_server_challenger_predictions_total", **labels) - before  # noqa: E731
+        wait_for("the challenger's 40 errors", lambda: failed() >= 40, 10)
+        assert failed() == 40
     assert {a[:2] for a in answers} == {(200, champion["version"])}
     assert [a[2] for a in answers] == [[0]] * 40  # the first 40 Iris rows are setosa
-    assert failed == 40
+
+
+def test_the_shadow_batch_records_each_request_as_if_scored_alone(
+    tracking: str, versions: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """One tick's queue, mixed: plain requests (one predict call for all), other formats and bodies that fail
+    (each on its own), and a plain request that fails the batch call (then every request goes one by one)."""
+    name, _, version = versions
+    recorder = InferenceLog(tmp_path, flush_seconds=3600)
+    challenger = served.load(f"models:/{name}/{version}", version, recorder=recorder, name=name)
+    assert challenger.compiled is not None  # the batch goes through the compiled copy
+    json_type, plain = "application/json", lambda rows: json.dumps({"inputs": rows}).encode()  # noqa: E731
+    good = {
+        "one": (plain([ROWS[0]]), json_type),
+        "three": (plain(ROWS[50:53]), json_type),
+        "split": (json.dumps({"dataframe_split": {"data": ROWS[100:102]}}).encode(), json_type),
+        "not-json": (b"{", json_type),
+    }
+    runs = Runs(counted=False)
+    recorder.start()
+    try:
+        for request_id, (body, content_type) in good.items():
+            runs.shadow(challenger, body, content_type, request_id)
+        runs.run_shadows()
+        assert (runs.failures, runs.queued) == (1, [])  # "not-json" alone failed
+        for request_id, (body, content_type) in good.items():
+            runs.shadow(challenger, body, content_type, f"{request_id}-2")
+        runs.shadow(challenger, plain([[1.0, 2.0]]), json_type, "too-narrow-2")  # fails the batch's call
+        runs.run_shadows()
+        assert runs.failures == 3  # "not-json-2" and "too-narrow-2", each on its own
+    finally:
+        recorder.close()
+    logged = {r["request_id"]: r for r in records(tmp_path)}
+    expected = {
+        "one": ROWS[0:1],
+        "three": ROWS[50:53],
+        "split": ROWS[100:102],
+    }
+    assert set(logged) == {*expected, *(f"{k}-2" for k in expected)}
+    for request_id, rows in expected.items():
+        want = challenger.model.get_raw_model().predict(np.array(rows)).tolist()
+        for logged_id in (request_id, f"{request_id}-2"):
+            record = logged[logged_id]
+            assert (record["inputs"], record["predictions"], record["shadow"]) == (rows, want, True)
+            assert record["model_version"] == version
 
 
 def test_a_challenger_that_cannot_load_never_disturbs_the_champion(

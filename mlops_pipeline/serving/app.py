@@ -145,7 +145,7 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
             if counted and response.status_code == 200:
                 metrics.answered(current.version, "champion")
             if challenger is not None and mode == "shadow" and response.status_code == 200:
-                response.background = runs.shadow(challenger, body, content_type, request_id)
+                runs.shadow(challenger, body, content_type, request_id)  # scored by the next tick
         return response
 
     async def feedback(request: Request) -> Response:
@@ -223,6 +223,7 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
         ticker = asyncio.create_task(tick())
         yield
         ticker.cancel()
+        runs.run_shadows()  # a clean stop scores and records what waited
         watcher.stopped.set()
         if counted:
             metrics.publish()
@@ -230,11 +231,12 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
             watcher.recorder.close()  # a clean stop (SIGTERM) writes every recorded request
 
     async def tick() -> None:
-        """Between requests, on this loop: what the requests counted and recorded goes on (metrics.py and
-        inference_log.py say why it waits for this)."""
+        """Between requests, on this loop: the shadow's batch runs (challenger.py), then what the requests counted
+        and recorded goes on (metrics.py and inference_log.py say why it waits for this)."""
         while True:
             await asyncio.sleep(metrics.PUBLISH_SECONDS)
             try:
+                runs.run_shadows()
                 if counted:
                     metrics.publish()
                 if watcher.recorder:

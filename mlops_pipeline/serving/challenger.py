@@ -3,9 +3,11 @@ path, and the true labels clients send back.
 
 - canary: a stable share of requests, picked by a hash of the request ID, so the same ID always reaches the same
   model, on every worker and after a restart;
-- shadow: the champion answers; after the answer is sent, the challenger scores the same body on the worker's
-  event loop (a thread would compete for the GIL with the next request) and its predictions go to the inference
-  log under the same request ID, marked as shadow. Whatever the challenger does, the answer was already sent;
+- shadow: the champion answers; the request waits in a queue, and the worker's tick (app.py, every
+  PUBLISH_SECONDS, on the event loop: a thread would compete for the GIL with the next request) scores everything
+  queued in one predict call, then records each request's predictions in the inference log under its request ID,
+  marked as shadow. One call for many requests is what keeps the shadow's cost low (benchmarks/results.md, part
+  challenger). Whatever the challenger does, the answer was already sent;
 - feedback: ``POST /feedback`` bodies, checked by pydantic. The server keeps no state between workers, so it checks
   what a body says on its own; whether the labels match the rows of the request they name is the monitor's join.
 """
@@ -18,19 +20,22 @@ import logging
 import time
 from typing import Annotated
 
+import numpy as np
+from mlflow.utils.proto_json_utils import convert_data_type
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from mlops_pipeline.schema import CLASS_NAMES
 from mlops_pipeline.serving import metrics
-from mlops_pipeline.serving.model import Loaded
+from mlops_pipeline.serving.model import Loaded, decode_json, is_utf8_json, plain_inputs
 
 log = logging.getLogger("model-server")
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # what the server itself keeps of a client's X-Request-Id
 FEEDBACK_MAX_BYTES = 1024 * 1024
 FEEDBACK_MAX_ITEMS = 10_000
 SLOTS = 10_000  # canary shares in steps of 0.01 percentage points
+SHADOW_QUEUE = 10_000  # requests waiting for the next tick; beyond that a shadow is dropped (counted, not scored)
+Queued = tuple[Loaded, bytes, str, str]  # a shadow's challenger, body, content type and request ID
 
 
 def in_canary(request_id: str, percent: float) -> bool:
@@ -48,20 +53,71 @@ class Runs:
         self.counted = counted
         self.failures = 0
         self.warned_at = -float("inf")
+        self.queued: list[Queued] = []
 
-    def shadow(self, challenger: Loaded, body: bytes, content_type: str, request_id: str) -> BackgroundTask:
-        """What the answer runs once it is sent (on the event loop: a thread would compete for the GIL)."""
-        return BackgroundTask(self.run_shadow, challenger, body, content_type, request_id)
+    def shadow(self, challenger: Loaded, body: bytes, content_type: str, request_id: str) -> None:
+        """Queue a request the champion answered for the next tick's batch (run_shadows)."""
+        if len(self.queued) < SHADOW_QUEUE:
+            self.queued.append((challenger, body, content_type, request_id))
+        elif self.counted:
+            metrics.challenger_ran(challenger.version, "shadow", "dropped")
 
-    async def run_shadow(self, challenger: Loaded, body: bytes, content_type: str, request_id: str) -> None:
-        self.canary(challenger, body, content_type, request_id, mode="shadow")
+    def run_shadows(self) -> None:
+        """Score what was queued since the last tick: one predict call for the plain {"inputs": [[...]]} requests of
+        each challenger, then a record per request; the other requests (other formats, or all of them when the
+        batch call fails) one by one, each with its own outcome."""
+        queued, self.queued = self.queued, []
+        by_challenger: dict[int, list[Queued]] = {}
+        for item in queued:
+            by_challenger.setdefault(id(item[0]), []).append(item)
+        for items in by_challenger.values():
+            for challenger, body, content_type, request_id in self.batch(items):
+                self.canary(challenger, body, content_type, request_id, mode="shadow")
+
+    def batch(self, items: list[Queued]) -> list[Queued]:
+        """Score and record the plain requests of one challenger together; what is left for one-by-one scoring."""
+        challenger = items[0][0]
+        if challenger.tensor_spec is None:
+            return items
+        plain: list[tuple[str, int]] = []
+        rows: list = []
+        rest: list[Queued] = []
+        for item in items:
+            try:
+                inputs = plain_inputs(decode_json(item[1])) if is_utf8_json(item[2]) else None
+            except Exception:  # noqa: BLE001 - not JSON: its own scoring words the error
+                inputs = None
+            if inputs is None:
+                rest.append(item)
+            else:
+                plain.append((item[3], len(inputs)))
+                rows.extend(inputs)
+        if not plain:
+            return rest
+        try:
+            x = convert_data_type(rows, challenger.tensor_spec)
+            predictions = challenger.predict(x)
+            if not isinstance(predictions, np.ndarray) or predictions.shape[:1] != (len(x),):
+                return items  # one by one: the checks of a single answer decide
+        except Exception:  # noqa: BLE001 - one bad request fails a batch; one by one, it fails alone
+            return items
+        start = 0
+        for request_id, count in plain:
+            challenger.record(request_id, x[start : start + count], predictions[start : start + count], shadow=True)
+            start += count
+        if self.counted:
+            metrics.challenger_ran(challenger.version, "shadow", "ok", len(plain))
+        return rest
 
     def canary(
         self, challenger: Loaded, body: bytes, content_type: str, request_id: str, mode: str = "canary"
     ) -> Response | None:
-        """The challenger's answer, or None when it failed (the champion then answers)."""
+        """The challenger's answer, or None when it failed or answered with the wrong number of predictions (the
+        champion then answers)."""
         try:
-            response: Response | None = challenger.score(body, content_type, request_id, shadow=mode == "shadow")
+            response: Response | None = challenger.score(
+                body, content_type, request_id, shadow=mode == "shadow", checked=True
+            )
         except Exception:  # noqa: BLE001 - a challenger's failure is counted, never raised
             response = None
             if time.monotonic() - self.warned_at >= 60:
@@ -71,7 +127,7 @@ class Runs:
         if not ok:
             self.failures += 1
         if self.counted:
-            metrics.challenger_ran(challenger.version, mode, ok)
+            metrics.challenger_ran(challenger.version, mode, "ok" if ok else "error")
         return response if ok else None
 
 

@@ -70,8 +70,8 @@ ANSWERS = Counter(
 )
 CHALLENGER = Counter(
     "model_server_challenger_predictions_total",
-    "Requests a challenger scored, by its version, mode (shadow: no client saw it; canary) and result (ok, or error:"
-    " the champion's answer stood).",
+    "Requests a challenger scored, by its version, mode (shadow: no client saw it; canary) and result (ok; error:"
+    " the champion's answer stood; dropped: a full shadow queue).",
     ["model_version", "mode", "result"],
 )
 MODEL_LOADS = Counter(
@@ -119,8 +119,8 @@ def answered(version: str, role: str) -> None:
     pending.by_version[version, role] += 1
 
 
-def challenger_ran(version: str, mode: str, ok: bool) -> None:
-    pending.challenger[version, mode, "ok" if ok else "error"] += 1
+def challenger_ran(version: str, mode: str, result: str, requests: int = 1) -> None:
+    pending.challenger[version, mode, result] += requests
 
 
 def predicted(predictions: np.ndarray) -> None:

@@ -86,23 +86,28 @@ class Loaded:
             return None
         return schema.inputs[0]
 
-    def score(self, body: bytes, content_type: str, request_id: str = "", shadow: bool = False) -> Response:
+    def score(
+        self, body: bytes, content_type: str, request_id: str = "", shadow: bool = False, checked: bool = False
+    ) -> Response:
         """Answer one /invocations request as MLflow's scoring server does. `shadow`: a challenger's answer that no
-        client sees (logged as such, not counted as served)."""
+        client sees (logged as such, not counted as served). `checked`: a challenger's answer, which must have one
+        prediction per input row (else WrongAnswer: the champion's answer stands)."""
         headers = {**self.headers, "X-Request-Id": request_id} if request_id else self.headers
         payload = None
         try:
             if is_utf8_json(content_type):
                 payload = decode_json(body)
-                short = self.short_path(payload, request_id, shadow)
+                short = self.short_path(payload, request_id, shadow, checked)
                 if short is not None:
                     return Response(short, headers=headers, media_type="application/json")
             result = scoring_server.invocations(body, content_type, self.model, self.input_schema)
         except MlflowException as exc:
             return Response(exc.serialize_as_json(), exc.get_http_status_code(), headers, "application/json")
         if result.mimetype == "application/json":
-            if result.status == 200 and (self.counted or self.recorder):
+            if result.status == 200 and (self.counted or self.recorder or checked):
                 predictions = json.loads(result.response).get("predictions")
+                if checked:
+                    check_rows(input_rows(payload), predictions)
                 if self.counted and not shadow:
                     metrics.predicted_json(predictions)
                 self.record(request_id, input_rows(payload), predictions, shadow)
@@ -113,31 +118,53 @@ class Loaded:
         if self.recorder is not None:
             self.recorder.record(request_id, self.name, self.version, self.run_id, rows, predictions, shadow)
 
-    def short_path(self, request: object, request_id: str = "", shadow: bool = False) -> bytes | None:
+    def short_path(
+        self, request: object, request_id: str = "", shadow: bool = False, checked: bool = False
+    ) -> bytes | None:
         """The answer to a decoded plain {"inputs": [[...], ...]}, or None for anything else and for any error
         (MLflow's full path then answers, and words the error)."""
         if self.tensor_spec is None:
             return None
-        if type(request) is not dict or request.keys() != {"inputs"}:
-            return None
-        rows = request["inputs"]
-        if type(rows) is not list or not rows or any(type(row) is dict for row in rows):
+        rows = plain_inputs(request)
+        if rows is None:
             return None
         try:
             x = convert_data_type(rows, self.tensor_spec)
-            predictions = None
-            if self.compiled is not None and fits(self.tensor_spec, x):
-                predictions = self.compiled.predict(x)
-            if predictions is None:
-                predictions = self.model.predict(x)
+            predictions = self.predict(x)
         except Exception:  # noqa: BLE001 - MLflow's path decides what the error is and how it is worded
             return None
-        if not isinstance(predictions, np.ndarray):
-            return None  # MLflow's encoder handles the other output types
+        if not isinstance(predictions, np.ndarray) or (checked and predictions.shape[:1] != (len(x),)):
+            return None  # MLflow's encoder handles the other output types; its path checks a challenger's count
         if self.counted and not shadow:
             metrics.predicted(predictions)
         self.record(request_id, x, predictions, shadow)
         return json.dumps({"predictions": predictions.tolist()}).encode()
+
+    def predict(self, x: np.ndarray) -> Any:
+        """The checked compiled copy's predictions where it covers x, else the model's own (pyfunc's)."""
+        predictions = self.compiled.predict(x) if self.compiled is not None and fits(self.tensor_spec, x) else None
+        return self.model.predict(x) if predictions is None else predictions
+
+
+class WrongAnswer(ValueError):
+    """A challenger's answer that cannot stand for the champion's: not one prediction per input row."""
+
+
+def check_rows(rows: object, predictions: object) -> None:
+    """WrongAnswer unless there is one prediction per row (rows it cannot count, such as CSV's, pass)."""
+    if isinstance(rows, list) and not (isinstance(predictions, list) and len(predictions) == len(rows)):
+        count = len(predictions) if isinstance(predictions, list) else type(predictions).__name__
+        raise WrongAnswer(f"{count} predictions for {len(rows)} rows")
+
+
+def plain_inputs(request: object) -> list | None:
+    """The rows of a plain {"inputs": [[...], ...]} request (the short path's form), else None."""
+    if type(request) is not dict or request.keys() != {"inputs"}:
+        return None
+    rows = request["inputs"]
+    if type(rows) is not list or not rows or any(type(row) is dict for row in rows):
+        return None
+    return rows
 
 
 def input_rows(payload: object) -> Any:
