@@ -21,16 +21,20 @@ from mlops_pipeline.settings import PromotionSettings, TrainSettings, from_env
 ROW = [5.1, 3.5, 1.4, 0.2]
 
 
-@pytest.fixture(scope="module")
-def versions(tracking_server: str) -> tuple[str, str, str]:
-    """(model name, champion version, challenger version): two small forests, the second as challenger. Shared by
-    the module's tests; the one that promotes runs last."""
+def new_versions(tracking_server: str) -> tuple[str, str, str]:
+    """(model name, champion version, challenger version): two small forests, the second as challenger."""
     name = f"iris-promo-{uuid.uuid4().hex[:8]}"
     train = from_env(TrainSettings, registered_model_name=name, min_accuracy=0, promotion="challenger")
     first = registry.register_and_promote(train_run(tracking_server, "promo-test", rf_n_estimators=5), train)
     second = registry.register_and_promote(train_run(tracking_server, "promo-test", rf_n_estimators=5), train)
     assert (first["alias"], second["alias"]) == ("champion", CHALLENGER)
     return name, first["version"], second["version"]
+
+
+@pytest.fixture(scope="module")
+def versions(tracking_server: str) -> tuple[str, str, str]:
+    """Shared by the tests that move no alias (pytest-randomly runs them in any order)."""
+    return new_versions(tracking_server)
 
 
 def settings(tracking_server: str, name: str, log_dir: Path, **values: object) -> PromotionSettings:
@@ -109,9 +113,9 @@ def test_rejected_and_timed_out_answers_move_nothing_and_say_so(
 
 
 def test_a_better_challenger_is_ready_then_promoted_and_the_approver_is_tagged(
-    tracking_server: str, versions: tuple[str, str, str], tmp_path: Path
+    tracking_server: str, tmp_path: Path
 ) -> None:
-    name, champion, challenger = versions
+    name, champion, challenger = new_versions(tracking_server)  # its own: it moves the aliases
     shadow_log(tmp_path, name, champion, challenger, 60, {"champion": 6, "challenger": 0})
     verdict = promotion.compare(settings(tracking_server, name, tmp_path))
     assert verdict["ready"] and verdict["labeled_rows"] == 120, verdict
