@@ -44,6 +44,7 @@ from benchmarks.common import (
     target,
     trained_model,
     wrk,
+    wrk_best,
 )
 
 PART = "peers"
@@ -189,8 +190,8 @@ def one_round(server: Server, tmp: Path, rows: list[list[float]], expected: list
         body.write_bytes(server.body(ONE_ROW))
         pids = {"server": [proc.pid]}
         wrk(url, 4, 1, pids, server.path, body)  # warm-up: every worker has answered
-        for connections in (1, 4):
-            out[f"c{connections}"] = wrk(url, connections, seconds, pids, server.path, body)
+        out["c1"] = wrk(url, 1, seconds, pids, server.path, body)
+        out["c4"] = wrk_best(url, 4, max(3, seconds // 2), pids, server.path, body)  # how the workers split 4
         out["big_ms"] = big_request_ms(server, url, rows)
         out["pss_mib"] = pss_mib(proc.pid)
         return out

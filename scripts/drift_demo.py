@@ -73,7 +73,7 @@ class Stack:
         """One monitor_model run; its task's result (drift.monitor's)."""
         dag_run = self.airflow.trigger(MONITOR_DAG, conf)
         if self.airflow.wait_for_run(MONITOR_DAG, dag_run, timeout=300, progress=False) != "success":
-            raise fail(f"{MONITOR_DAG} run {dag_run} failed: read its check_drift log in the Airflow UI")
+            raise fail(f"{MONITOR_DAG} run {dag_run} failed: {self.airflow.why_failed(MONITOR_DAG, dag_run)}")
         result = self.airflow.xcom(MONITOR_DAG, dag_run, "check_drift")
         if not isinstance(result, dict):
             raise fail(f"{MONITOR_DAG} run {dag_run} returned {result!r}")

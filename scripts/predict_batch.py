@@ -26,15 +26,6 @@ SERVICE = "airflow-scheduler"  # has the package and the batch storage in both v
 BATCH = ["exec", "-T", SERVICE, "python", "-m", "mlops_pipeline.batch"]  # put NAME < file, get PATH > file
 
 
-def refusal(airflow: Airflow, dag_run_id: str) -> str:
-    """The failed task's own words (the first task that failed, with its exception)."""
-    for ti in airflow.failed(DAG_ID, dag_run_id):
-        error = airflow.task_error(DAG_ID, dag_run_id, ti["task_id"], ti["try_number"], ti["map_index"])
-        if error:
-            return f"{ti['task_id']}: {error['exc_value']}"
-    return f"see the task logs of {DAG_ID} in the Airflow UI"
-
-
 def fetch(compose: list[str], relative: str, target: Path) -> None:
     """A file under BATCH_ROOT to `target`, written whole or not at all."""
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as f:
@@ -69,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     dag_run = airflow.trigger(DAG_ID, {"input": args.file.name})
     print(f"== {DAG_ID} run {dag_run}", flush=True)
     if airflow.wait_for_run(DAG_ID, dag_run) != "success":
-        raise SystemExit(f"predict-batch: refused: {refusal(airflow, dag_run)}")
+        raise SystemExit(f"predict-batch: refused: {airflow.why_failed(DAG_ID, dag_run)}")
     result = airflow.xcom(DAG_ID, dag_run, "combine")
     assert isinstance(result, dict), result
     stem = args.file.stem

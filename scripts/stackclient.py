@@ -66,9 +66,16 @@ class Airflow:
         """The HTTP status of GET /api/v2{path}, for "does it exist yet"."""
         return http("GET", f"{self.base}/api/v2{path}", headers=self.headers)[0]
 
-    def call(self, method: str, path: str, body: object = None, ok: tuple[int, ...] = (200, 201)) -> dict:
-        """One call of /api/v2; AirflowError unless the status is in `ok`."""
-        status, answer = http(method, f"{self.base}/api/v2{path}", body, self.headers)
+    def call(
+        self, method: str, path: str, body: object = None, ok: tuple[int, ...] = (200, 201), tries: int = 1
+    ) -> dict:
+        """One call of /api/v2; AirflowError unless the status is in `ok`. `tries` > 1 (for idempotent calls only):
+        an HTTP 500 is tried again (SQLite's lock, see trigger)."""
+        for attempt in range(1, tries + 1):
+            status, answer = http(method, f"{self.base}/api/v2{path}", body, self.headers)
+            if status != 500 or attempt == tries:
+                break
+            time.sleep(attempt)
         if status not in ok:
             raise AirflowError(f"{method} /api/v2{path} answered HTTP {status}: {answer}")
         return answer if isinstance(answer, dict) else {}
@@ -78,7 +85,7 @@ class Airflow:
         wait_for(f"Airflow to know the DAG {dag_id}", lambda: self.status(f"/dags/{dag_id}") == 200, timeout, 2)
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
-        answer = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": paused})
+        answer = self.call("PATCH", f"/dags/{dag_id}", {"is_paused": paused}, tries=5)
         if answer.get("is_paused") is not paused:
             raise AirflowError(f"{dag_id}: is_paused is {answer.get('is_paused')} after setting it to {paused}")
 
@@ -157,6 +164,14 @@ class Airflow:
         lines = self.task_log_lines(dag_id, dag_run_id, task_id, try_number, map_index)
         errors = [e for line in lines if isinstance(line, dict) for e in line.get("error_detail") or []]
         return errors[-1] if errors else None
+
+    def why_failed(self, dag_id: str, dag_run_id: str) -> str:
+        """The first failed task's own words (its exception), for an error message."""
+        for ti in self.failed(dag_id, dag_run_id):
+            error = self.task_error(dag_id, dag_run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+            if error:
+                return f"{ti['task_id']}: {error['exc_type']}: {error['exc_value']}"
+        return f"see the task logs of {dag_id} in the Airflow UI"
 
     def wait_for_run(self, dag_id: str, dag_run_id: str, timeout: float = 900, progress: bool = True) -> str:
         """The run's final state, "success" or "failed"; with `progress`, prints each state change."""
