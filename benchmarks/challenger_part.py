@@ -17,26 +17,16 @@ from urllib.parse import quote
 from benchmarks.common import Stack, detail, log, target
 from benchmarks.serving import recreate_with, wrk_after_recreate
 from mlops_pipeline.schema import CHALLENGER, MODEL_NAME
-from scripts.challenger_demo import wait_for_challenger
+from scripts.challenger_demo import train_challenger, wait_for_challenger
+from scripts.drift_demo import Stack as DemoStack
 from scripts.stackclient import http
 
 MODES = ("off", "shadow", "canary")
 
 
-def train_challenger(stack: Stack) -> str:
-    airflow = stack.airflow()
-    run = airflow.trigger("mlops_pipeline", {"promotion": "challenger"})
-    if airflow.wait_for_run("mlops_pipeline", run, timeout=600, progress=False) != "success":
-        raise RuntimeError(f"the challenger's training run {run} failed")
-    registered = airflow.xcom("mlops_pipeline", run, "register")
-    if not isinstance(registered, dict) or registered.get("alias") != CHALLENGER:
-        raise RuntimeError(f"the new model did not become the challenger: {registered}")
-    return str(registered["version"])
-
-
 def measure(stack: Stack, runs: int, seconds: int, raw_out: dict) -> tuple[list[dict], list[dict], list[str]]:
     """The rows of this part; its wrk runs go to raw_out["challenger"]."""
-    version = train_challenger(stack)
+    version = train_challenger(DemoStack(stack.cfg))
     raw: dict[str, Any] = {mode: [] for mode in MODES}
     raw_out["challenger"] = raw
     try:

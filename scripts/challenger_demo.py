@@ -62,14 +62,43 @@ def wait_for_challenger(model_url: str, version: str, timeout: float = 180) -> d
 def run_dag(stack: Stack, dag_id: str, conf: dict | None = None) -> str:
     dag_run = stack.airflow.trigger(dag_id, conf)
     if stack.airflow.wait_for_run(dag_id, dag_run, timeout=600, progress=False) != "success":
-        raise fail(f"{dag_id} run {dag_run} failed: read its log in the Airflow UI")
+        raise fail(f"{dag_id} run {dag_run} failed: {stack.airflow.why_failed(dag_id, dag_run)}")
     return dag_run
 
 
-def approve(stack: Stack, screenshot: Path | None = None, timeout: float = 300) -> dict:
-    """One promote_challenger run: approve its question through the REST API when it asks one (first, with
-    `screenshot`, a picture of it on Airflow's Required actions page). Returns its record task's result (the decision
-    tagged on the challenger)."""
+def train_challenger(stack: Stack) -> str:
+    """A mlops_pipeline run with promotion=challenger; the version it registered as the challenger."""
+    registered = stack.airflow.xcom(TRAIN_DAG, run_dag(stack, TRAIN_DAG, {"promotion": "challenger"}), "register")
+    if not isinstance(registered, dict) or registered.get("alias") != "challenger":
+        raise fail(f"the new model did not become the challenger: {registered}")
+    return str(registered["version"])
+
+
+def send_labeled(stack: Stack, reference: list[dict[str, str]], requests: int, rng: random.Random) -> int:
+    """`requests` one-row requests drawn from `reference` (with measurement noise), then their true labels to
+    /feedback; returns how many labels were recorded."""
+    features = [c for c in reference[0] if c != LABEL_COLUMN]
+    tag = uuid.uuid4().hex[:8]
+    feedback = []
+    for i in range(requests):
+        row = rng.choice(reference)
+        noisy = traffic([row], features, 1, rng)[0]  # this row, with measurement noise; its label stays true
+        request_id = f"challenger-demo-{tag}-{i}"
+        status, body = http("POST", f"{stack.model}/invocations", {"inputs": [noisy]}, {"X-Request-Id": request_id})
+        if status != 200:
+            raise fail(f"the model-server answered HTTP {status}: {body}")
+        feedback.append({"request_id": request_id, "labels": [int(float(row[LABEL_COLUMN]))]})
+    status, body = http("POST", f"{stack.model}/feedback", feedback)
+    if status != 202:
+        raise fail(f"/feedback answered HTTP {status}: {body}")
+    time.sleep(2)  # the inference log is flushed every second
+    return int(body["recorded"])
+
+
+def approve(stack: Stack, screenshot: Path | None = None, timeout: float = 300, option: str = "Approve") -> dict:
+    """One promote_challenger run: answer its question with `option` (Approve or Reject) through the REST API when
+    it asks one (first, with `screenshot`, a picture of it on Airflow's Required actions page). Returns its record
+    task's result (the decision tagged on the challenger)."""
     airflow = stack.airflow
     dag_run = airflow.trigger(PROMOTE_DAG)
 
@@ -85,10 +114,10 @@ def approve(stack: Stack, screenshot: Path | None = None, timeout: float = 300) 
             say(f"     {line}")
         if screenshot is not None:
             required_actions(stack, asked[0]["subject"], screenshot)
-        airflow.answer(PROMOTE_DAG, dag_run, asked[0]["task_instance"]["task_id"], "Approve")
-        say(f"   approved through Airflow's REST API as {stack.cfg.get('AIRFLOW_ADMIN_USERNAME') or 'admin'}")
+        airflow.answer(PROMOTE_DAG, dag_run, asked[0]["task_instance"]["task_id"], option)
+        say(f"   answered {option} through Airflow's REST API as {stack.cfg.get('AIRFLOW_ADMIN_USERNAME') or 'admin'}")
     if airflow.wait_for_run(PROMOTE_DAG, dag_run, timeout=timeout, progress=False) != "success":
-        raise fail(f"{PROMOTE_DAG} run {dag_run} failed: read its log in the Airflow UI")
+        raise fail(f"{PROMOTE_DAG} run {dag_run} failed: {airflow.why_failed(PROMOTE_DAG, dag_run)}")
     result = airflow.xcom(PROMOTE_DAG, dag_run, "record")
     if not isinstance(result, dict):
         raise fail(f"{PROMOTE_DAG} run {dag_run} recorded {result!r}")
@@ -126,33 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     champion = stack.champion()
     old = champion["version"]
     reference = stack.reference(champion["run_id"])
-    features = [c for c in reference[0] if c != LABEL_COLUMN]
     wait_for_model(stack.model, old)
 
     say(f"1. training a challenger beside champion version {old} ({TRAIN_DAG} with promotion=challenger)")
-    registered = stack.airflow.xcom(TRAIN_DAG, run_dag(stack, TRAIN_DAG, {"promotion": "challenger"}), "register")
-    if not isinstance(registered, dict) or registered.get("alias") != "challenger":
-        raise fail(f"the new model did not become the challenger: {registered}")
-    new = registered["version"]
+    new = train_challenger(stack)
     loaded = wait_for_challenger(stack.model, new)
     say(f"   version {new} is the challenger, served in {loaded['mode']} mode")
 
     say(f"2. sending {args.requests} requests, then their true labels to /feedback")
-    rows = [rng.choice(reference) for _ in range(args.requests)]
-    tag = uuid.uuid4().hex[:8]
-    feedback = []
-    for i, row in enumerate(rows):
-        noisy = traffic([row], features, 1, rng)[0]  # this row, with measurement noise; its label stays true
-        request_id = f"challenger-demo-{tag}-{i}"
-        status, body = http("POST", f"{stack.model}/invocations", {"inputs": [noisy]}, {"X-Request-Id": request_id})
-        if status != 200:
-            raise fail(f"the model-server answered HTTP {status}: {body}")
-        feedback.append({"request_id": request_id, "labels": [int(float(row[LABEL_COLUMN]))]})
-    status, body = http("POST", f"{stack.model}/feedback", feedback)
-    if status != 202:
-        raise fail(f"/feedback answered HTTP {status}: {body}")
-    say(f"   recorded {body['recorded']} labels")
-    time.sleep(2)  # the inference log is flushed every second
+    say(f"   recorded {send_labeled(stack, reference, args.requests, rng)} labels")
 
     say(f"3. comparing both versions on those labels ({MONITOR_DAG}'s check_live)")
     live = stack.airflow.xcom(MONITOR_DAG, run_dag(stack, MONITOR_DAG), "check_live")

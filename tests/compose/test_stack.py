@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 import threading
 import time
 import uuid
@@ -24,7 +25,9 @@ import yaml
 from conftest import ROOT, ComposeProject, keep_alive_ms, metric_value, require_docker_engine, training_runs
 from mlops_pipeline.schema import FEATURE_NAMES, LABEL_COLUMN, MODEL_NAME
 from mlops_pipeline.serving.metrics import PUBLISH_SECONDS
+from scripts import challenger_demo
 from scripts.browser import require_chromium
+from scripts.drift_demo import Stack as DemoStack
 from scripts.make_env import SECRET_KEYS
 from scripts.stackclient import mlflow_login, registry_champion, registry_champion_version
 from scripts.stackenv import COMPOSE_CORE, read_env_file, wait_for
@@ -418,6 +421,33 @@ def test_3h_challenger_demo_shadow_feedback_comparison_approval_and_rollback_wit
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
     live_exprs = [e for e in exprs if "mlops_live_" in e]
     assert len(live_exprs) >= 3 and all(stack.promql(e) for e in live_exprs), live_exprs
+
+
+def test_3i_a_rejected_challenger_moves_nothing_and_the_rejection_is_tagged(stack: Stack) -> None:
+    """The other answer: a ready challenger (120 labeled requests in shadow) rejected through the REST API. The
+    promote task is skipped, nothing moves, the version is tagged rejected by the admin, and the champion serves
+    alone once the test removes the challenger alias (rejection keeps it: a person may still change their mind)."""
+    demo = DemoStack(stack.cfg)
+    old = demo.champion()
+    new = challenger_demo.train_challenger(demo)
+    stack.expected_runs += 1
+    challenger_demo.wait_for_challenger(stack.model_url, new)
+    assert challenger_demo.send_labeled(demo, demo.reference(old["run_id"]), 120, random.Random(3)) == 120
+    decision = challenger_demo.approve(demo, option="Reject")
+    assert (decision["promotion.decision"], decision["promotion.by"]) == (
+        "rejected",
+        stack.cfg["AIRFLOW_ADMIN_USERNAME"],
+    )
+    dag_run = demo.airflow.runs(challenger_demo.PROMOTE_DAG)[0]["dag_run_id"]
+    states = demo.airflow.task_states(challenger_demo.PROMOTE_DAG, dag_run)
+    assert (states["approve"], states["promote"], states["record"]) == ("success", "skipped", "success"), states
+    assert demo.champion()["version"] == old["version"]
+    client = mlflow_client(stack)
+    assert client.get_model_version_by_alias(MODEL_NAME, "challenger").version == new
+    assert client.get_model_version(MODEL_NAME, new).tags["promotion.decision"] == "rejected"
+    client.delete_registered_model_alias(MODEL_NAME, "challenger")
+    gone = lambda: "challenger" not in requests.get(f"{stack.model_url}/model", timeout=10).json()  # noqa: E731
+    wait_for("the model-server to drop the challenger", gone, 60)
 
 
 def test_4_mlflow_shows_the_run_with_params_metric_and_model(stack: Stack) -> None:
