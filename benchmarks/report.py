@@ -29,6 +29,21 @@ TITLES = {
 }
 
 
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The results of a run of some parts (`--merge`) in place of those parts' figures of an earlier full run: each
+    part's figures, references included, come from one run; the header names the parts measured again, and when."""
+    parts = set(new["settings"]["parts"])
+    merged = {**old}
+    for key in ("targets", "details"):
+        merged[key] = [row for row in old[key] if row["part"] not in parts] + new[key]
+    for key in ("notes", "plots", "tables", "raw", "skipped", "part_seconds"):
+        merged[key] = {k: v for k, v in old.get(key, {}).items() if k not in parts} | new.get(key, {})
+    again = {k: new[k] for k in ("started", "runtime_s", "load_average_end")}
+    again |= {"parts": sorted(parts, key=list(TITLES).index), **{k: new["settings"][k] for k in ("runs", "seconds")}}
+    merged["remeasured"] = [*old.get("remeasured", []), again]
+    return merged
+
+
 def spread(row: dict[str, Any]) -> str:
     return f"{fmt(row['min'], row['unit'])} - {fmt(row['max'], row['unit'])}" if len(row["runs"]) > 1 else "1 run"
 
@@ -52,6 +67,15 @@ def markdown(results: dict[str, Any]) -> str:
         "same cores as the server.",
         "",
     ]
+    for again in results.get("remeasured", []):
+        load_end = " / ".join(f"{x:.2f}" for x in again["load_average_end"])
+        lines += [
+            f'Measured again by `make bench BENCH_ARGS="--parts {",".join(again["parts"])} --merge"` of '
+            f"{again['started']} ({again['runtime_s'] / 60:.1f} min, `--runs {again['runs']} --seconds "
+            f"{again['seconds']}`, load average at its end {load_end}): "
+            f"part {', '.join(again['parts'])}; the other parts' figures are the run's above.",
+            "",
+        ]
     if s["runs"] < 3:
         lines += ["**A short development run (fewer than 3 runs per figure): the figures are noisy.**", ""]
     lines += ["## Targets", "", "| Part | Target | Median (min - max) | Reference, same run | Goal | Verdict |"]

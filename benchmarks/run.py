@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (for a stable p99)")
     parser.add_argument("--no-build", action="store_true", help="use the mlopsbench images as they are")
     parser.add_argument("--out", type=Path, default=BENCH, help="where results.md/.json and the plots go")
+    parser.add_argument("--merge", action="store_true", help="keep the other parts' figures of results.json")
     args = parser.parse_args(argv)
     given = [p for p in args.parts.split(",") if p]
     if unknown := set(given) - set(PARTS):
@@ -264,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         results["runtime_s"] = round(time.monotonic() - started, 1)
         results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         serving_plot(results, args.out)
+        if args.merge and (earlier := args.out / "results.json").exists():
+            results = Results(
+                report.merge(json.loads(earlier.read_text()), json.loads(json.dumps(results, default=str)))
+            )
         (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         (args.out / "results.md").write_text(report.markdown(results))
         shutil.rmtree(tmp, ignore_errors=True)
