@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import mlflow
@@ -31,6 +31,26 @@ def logged(tmp_path: Path, write: object) -> list[dict]:
     write(recorder)  # type: ignore[operator]
     recorder.close()
     return read_records(LogSettings(inference_log_dir=tmp_path), since=datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_only_the_labeled_requests_are_held_and_the_join_is_the_same(tmp_path: Path) -> None:
+    """500 requests, 10 of them labeled, and feedback for an ID never served: read_labeled holds the 10 requests'
+    predictions and the 11 feedback records, and joins to what the whole log joins to."""
+
+    def write(log: InferenceLog) -> None:
+        for i in range(500):
+            log.record(f"r{i}", "m", "1", "run", np.array([ROW]), np.array([i % 3]))
+        for i in range(0, 500, 50):
+            log.feedback(f"r{i}", [0])
+        log.feedback("never-served", [1])
+
+    everything = logged(tmp_path, write)
+    cfg = from_env(MonitorSettings, inference_log_dir=tmp_path)
+    held = live.read_labeled(cfg, datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(minutes=1))
+    assert (len(everything), len(held)) == (511, 21)
+    whole, labeled = live.join(everything), live.join(held)
+    assert (labeled.used, labeled.unmatched) == (whole.used, whole.unmatched) == (10, 1)
+    assert labeled.rows.equals(whole.rows) and len(labeled.rows) == 10
 
 
 def test_shadow_traffic_joined_with_feedback_gives_each_versions_accuracy_on_the_same_rows(tmp_path: Path) -> None:

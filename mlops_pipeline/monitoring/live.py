@@ -1,6 +1,7 @@
 """How each model version does on live traffic: the true labels clients sent back (POST /feedback) joined with what
 each version predicted for those requests, served or in shadow (docs/challenger.md). Plain functions over the
-inference log's records (log_reader.read_records); what the monitor logs and pushes is built from ``figures()``.
+inference log's records (read_labeled: the labeled requests' only); what the monitor logs and pushes is built from
+``figures()``.
 
 A label is matched by request ID and row. Feedback for an ID that was never logged is counted as unmatched, and
 feedback whose label count differs from the rows that request had as mismatched; neither is used. When a client
@@ -114,6 +115,18 @@ def plain(figures: dict[str, Any]) -> dict[str, Any]:
     return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in figures.items()}
 
 
+def read_labeled(cfg: MonitorSettings, since: datetime, until: datetime) -> list[dict]:
+    """The feedback records of the window, then the predictions of the requests they name: two passes over the log,
+    so what is held grows with the labels, not with the traffic (a busy log has millions of unlabeled requests)."""
+    labels = log_reader.read_records(cfg, since, until, keep=lambda record: LABELS in record, marker=f'"{LABELS}"')
+    labeled = {record["request_id"] for record in labels}
+
+    def answered(record: dict) -> bool:
+        return LABELS not in record and record.get("request_id") in labeled
+
+    return [*log_reader.read_records(cfg, since, until, keep=answered), *labels] if labeled else labels
+
+
 @dataclass
 class Observed:
     """What the log says now about the registry's champion and challenger: their versions, the join, the figures."""
@@ -135,7 +148,7 @@ def observe(cfg: MonitorSettings, now: datetime | None = None) -> Observed | Non
     challenger = registry.champion(name, alias=CHALLENGER)
     versions = str(champion.version), str(challenger.version) if challenger else None
     until = now or datetime.now(UTC)
-    joined = join(log_reader.read_records(cfg, until - timedelta(days=cfg.monitor_live_days), until))
+    joined = join(read_labeled(cfg, until - timedelta(days=cfg.monitor_live_days), until))
     return Observed(name, *versions, joined, figures(joined, *versions, cfg.monitor_live_last_rows))
 
 

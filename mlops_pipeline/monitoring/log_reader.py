@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +47,8 @@ class Reading:
     origins: list[tuple[str, int]] = field(default_factory=list)
     problems: Counter = field(default_factory=Counter)
     records: list[dict] | None = None  # set: every kind of record in the window is kept here as decoded, no rows
+    keep: Callable[[dict], bool] | None = None  # with records: only the records it accepts are kept
+    marker: str | None = None  # with records: a line without this text is not even decoded (a cheap first filter)
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         return end > self.since and (self.until is None or start < self.until)
@@ -89,10 +91,18 @@ def read(
     return frame
 
 
-def read_records(settings: LogSettings, since: datetime, until: datetime | None = None) -> list[dict]:
-    """Every record with ts in [since, until) as decoded (ts a datetime): served and shadow predictions and
-    feedback, in the order read, for the live comparison (monitoring/live.py)."""
-    reading = Reading(utc(since), None if until is None else utc(until), None, records=[])
+def read_records(
+    settings: LogSettings,
+    since: datetime,
+    until: datetime | None = None,
+    keep: Callable[[dict], bool] | None = None,
+    marker: str | None = None,
+) -> list[dict]:
+    """The records with ts in [since, until) as decoded (ts a datetime): served and shadow predictions and feedback,
+    in the order read, for the live comparison (monitoring/live.py). `keep` and `marker` bound what is held: a log
+    of millions of requests must not be held whole (`keep`: only the records it accepts; `marker`: lines without
+    this text are skipped undecoded)."""
+    reading = Reading(utc(since), None if until is None else utc(until), None, records=[], keep=keep, marker=marker)
     if settings.inference_log_db:
         read_table(settings, reading)
     else:
@@ -120,7 +130,7 @@ def read_table(settings: LogSettings, reading: Reading) -> None:
     password = secret.get_secret_value() if secret else None
     with (
         psycopg2.connect(settings.inference_log_db, password=password, connect_timeout=10) as connection,
-        connection.cursor() as cursor,
+        connection.cursor(name="inference_log_window") as cursor,  # server-side: streamed, never held whole
     ):
         cursor.execute(
             "SELECT record::text FROM inference_log WHERE ts >= %s AND (%s::timestamptz IS NULL OR ts < %s)"
@@ -133,7 +143,10 @@ def read_table(settings: LogSettings, reading: Reading) -> None:
 
 def read_lines(lines: Iterable[bytes | str], source: str, reading: Reading) -> None:
     """Add the rows of the records in the window; the values are checked later, all rows at once (as_frame)."""
+    markers = (reading.marker, reading.marker.encode()) if reading.marker is not None else None
     for number, raw in enumerate(lines, start=1):
+        if markers is not None and markers[isinstance(raw, bytes)] not in raw:
+            continue
         try:
             record = json.loads(raw)
             if type(record) is dict and record.keys() in NOT_SERVED and reading.records is None:
@@ -149,7 +162,8 @@ def read_lines(lines: Iterable[bytes | str], source: str, reading: Reading) -> N
         if not reading.holds(record):
             continue
         if reading.records is not None:
-            reading.records.append(record)
+            if reading.keep is None or reading.keep(record):
+                reading.records.append(record)
             continue
         inputs, predictions = record["inputs"], record["predictions"]
         if type(inputs) is not list or type(predictions) is not list or len(inputs) != len(predictions):
