@@ -11,6 +11,7 @@ import os
 import sqlite3
 import tarfile
 import threading
+import tracemalloc
 from contextlib import closing
 from pathlib import Path
 
@@ -108,6 +109,30 @@ def test_an_archive_holds_every_volume_and_restores_them_byte_for_byte(tmp_path:
     restore(io.BytesIO(archive_of(source)), target, "default", KEY, force=True)
     assert (target / "batch").stat().st_mode & 0o777 == 0o750  # a volume's own directory keeps its mode
     assert present(target, "default") == [p for p in VARIANTS["default"] if p != "batch"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".bin"])
+def test_a_large_file_is_copied_in_chunks_a_log_to_its_last_complete_line(tmp_path: Path, suffix: str) -> None:
+    """An inference log of a busy day is hundreds of MiB: copied whole into memory, it got the backup container
+    killed. 40 MiB with a torn last line: the copy holds at most a few CHUNKs at once."""
+    line = b'{"request_id":"%07d","predictions":[1]}\n'
+    path = tmp_path / f"big{suffix}"
+    with path.open("wb") as f:
+        for block in range(40):
+            f.write(b"".join(line % (block * 26_000 + i) for i in range(26_000)))
+        f.write(b'{"request_id":"torn"')
+    copy = tmp_path / "copy"
+    with copy.open("wb", buffering=0) as into:
+        tracemalloc.start()
+        try:
+            archive.copy_of(path, into)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    content = path.read_bytes()
+    want = content[: content.rfind(b"\n") + 1] if suffix == ".jsonl" else content
+    assert len(content) > 40 * 2**20 and copy.read_bytes() == want
+    assert peak < 4 * archive.CHUNK, peak
 
 
 def test_with_secrets_the_archive_holds_dotenv_and_mlflows_login_files(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ DOTENV = "secrets/.env"
 STAGING, PREVIOUS = ".restore-staging", ".restore-previous"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SKIPPED_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")  # SQLite's side files (the snapshot has it all), temp files
+CHUNK = 2**20  # a file is copied this much at a time: an inference log of millions of requests is never held whole
 VERSIONED = {"project": "mlops-pipeline", "airflow": "apache-airflow", "mlflow": "mlflow-skinny"}
 
 
@@ -78,16 +79,31 @@ def files_of(base: Path) -> list[Path]:
 
 def copy_of(path: Path, into: IO[bytes]) -> None:
     """The file's content as of now: a SQLite database through the online backup API (checked), a JSON Lines
-    file up to its last complete line, anything else up to the size it had when the copy began."""
+    file up to its last complete line, anything else up to the size it had when the copy began; in CHUNKs."""
     with path.open("rb") as f:
         if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
             snapshot(path, into)
             return
+        end = os.fstat(f.fileno()).st_size
+        if path.suffix == ".jsonl":
+            end = last_line_end(f, end)
         f.seek(0)
-        data = f.read(path.stat().st_size)
-    if path.suffix == ".jsonl":
-        data = data[: data.rfind(b"\n") + 1]
-    into.write(data)
+        while end > 0 and (chunk := f.read(min(CHUNK, end))):
+            into.write(chunk)
+            end -= len(chunk)
+
+
+def last_line_end(f: IO[bytes], size: int) -> int:
+    """The offset just after the last newline before `size` (0 if none): a writer may be mid-line at the end."""
+    position = size
+    while position > 0:
+        start = max(0, position - CHUNK)
+        f.seek(start)
+        found = f.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        position = start
+    return 0
 
 
 def snapshot(path: Path, into: IO[bytes]) -> None:
