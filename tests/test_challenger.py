@@ -4,6 +4,7 @@ and registry; the inference log in a temporary folder, read back as files."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -238,12 +239,12 @@ def test_the_shadow_batch_records_each_request_as_if_scored_alone(
     try:
         for request_id, (body, content_type) in good.items():
             runs.shadow(challenger, body, content_type, request_id)
-        runs.run_shadows()
-        assert (runs.failures, runs.queued) == (1, [])  # "not-json" alone failed
+        asyncio.run(runs.run_shadows())
+        assert (runs.failures, list(runs.queued)) == (1, [])  # "not-json" alone failed
         for request_id, (body, content_type) in good.items():
             runs.shadow(challenger, body, content_type, f"{request_id}-2")
         runs.shadow(challenger, plain([[1.0, 2.0]]), json_type, "too-narrow-2")  # fails the batch's call
-        runs.run_shadows()
+        asyncio.run(runs.run_shadows())
         assert runs.failures == 3  # "not-json-2" and "too-narrow-2", each on its own
     finally:
         recorder.close()

@@ -223,7 +223,7 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
         ticker = asyncio.create_task(tick())
         yield
         ticker.cancel()
-        runs.run_shadows()  # a clean stop scores and records what waited
+        await runs.run_shadows()  # a clean stop scores and records what waited
         watcher.stopped.set()
         if counted:
             metrics.publish()
@@ -236,7 +236,7 @@ def create_app(recorder: InferenceLog | None | bool = True, **given: object) -> 
         while True:
             await asyncio.sleep(metrics.PUBLISH_SECONDS)
             try:
-                runs.run_shadows()
+                await runs.run_shadows()
                 if counted:
                     metrics.publish()
                 if watcher.recorder:

@@ -4,20 +4,22 @@ path, and the true labels clients send back.
 - canary: a stable share of requests, picked by a hash of the request ID, so the same ID always reaches the same
   model, on every worker and after a restart;
 - shadow: the champion answers; the request waits in a queue, and the worker's tick (app.py, every
-  PUBLISH_SECONDS, on the event loop: a thread would compete for the GIL with the next request) scores everything
-  queued in one predict call, then records each request's predictions in the inference log under its request ID,
-  marked as shadow. One call for many requests is what keeps the shadow's cost low (benchmarks/results.md, part
-  challenger). Whatever the challenger does, the answer was already sent;
+  PUBLISH_SECONDS, on the event loop: a thread would compete for the GIL with the next request) scores what is
+  queued, SHADOW_BATCH requests per predict call, then records each request's predictions in the inference log
+  under its request ID, marked as shadow. One call for many requests is what keeps the shadow's cost low
+  (benchmarks/results.md, part challenger). Whatever the challenger does, the answer was already sent;
 - feedback: ``POST /feedback`` bodies, checked by pydantic. The server keeps no state between workers, so it checks
   what a body says on its own; whether the labels match the rows of the request they name is the monitor's join.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import time
+from collections import deque
 from typing import Annotated
 
 import numpy as np
@@ -35,6 +37,7 @@ FEEDBACK_MAX_BYTES = 1024 * 1024
 FEEDBACK_MAX_ITEMS = 10_000
 SLOTS = 10_000  # canary shares in steps of 0.01 percentage points
 SHADOW_QUEUE = 10_000  # requests waiting for the next tick; beyond that a shadow is dropped (counted, not scored)
+SHADOW_BATCH = 32  # requests per predict call; the loop answers waiting requests between batches
 Queued = tuple[Loaded, bytes, str, str]  # a shadow's challenger, body, content type and request ID
 
 
@@ -53,7 +56,7 @@ class Runs:
         self.counted = counted
         self.failures = 0
         self.warned_at = -float("inf")
-        self.queued: list[Queued] = []
+        self.queued: deque[Queued] = deque()
 
     def shadow(self, challenger: Loaded, body: bytes, content_type: str, request_id: str) -> None:
         """Queue a request the champion answered for the next tick's batch (run_shadows)."""
@@ -62,17 +65,23 @@ class Runs:
         elif self.counted:
             metrics.challenger_ran(challenger.version, "shadow", "dropped")
 
-    def run_shadows(self) -> None:
-        """Score what was queued since the last tick: one predict call for the plain {"inputs": [[...]]} requests of
-        each challenger, then a record per request; the other requests (other formats, or all of them when the
-        batch call fails) one by one, each with its own outcome."""
-        queued, self.queued = self.queued, []
-        by_challenger: dict[int, list[Queued]] = {}
-        for item in queued:
-            by_challenger.setdefault(id(item[0]), []).append(item)
-        for items in by_challenger.values():
-            for challenger, body, content_type, request_id in self.batch(items):
-                self.canary(challenger, body, content_type, request_id, mode="shadow")
+    async def run_shadows(self) -> None:
+        """Score what was queued since the last tick, SHADOW_BATCH requests at a time with the event loop's turn in
+        between (a request that arrives waits for one batch, not for the whole queue): one predict call for the
+        plain {"inputs": [[...]]} requests of each challenger, then a record per request; the other requests
+        (other formats, or all of them when the batch call fails) one by one, each with its own outcome."""
+        waiting = len(self.queued)  # what came later waits for the next tick
+        while waiting > 0:
+            by_challenger: dict[int, list[Queued]] = {}
+            for _ in range(min(SHADOW_BATCH, waiting)):
+                item = self.queued.popleft()  # a batch leaves the queue whole: a cancelled tick loses none
+                by_challenger.setdefault(id(item[0]), []).append(item)
+            waiting -= SHADOW_BATCH
+            for items in by_challenger.values():
+                for challenger, body, content_type, request_id in self.batch(items):
+                    self.canary(challenger, body, content_type, request_id, mode="shadow")
+            if waiting > 0:
+                await asyncio.sleep(0)
 
     def batch(self, items: list[Queued]) -> list[Queued]:
         """Score and record the plain requests of one challenger together; what is left for one-by-one scoring."""
