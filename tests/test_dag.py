@@ -151,9 +151,13 @@ def test_promote_challenger_asks_a_person_between_the_verdict_and_the_move(dagba
         "promote": {"record"},
         "record": set(),
     }
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
     approve = dag.get_task("approve")
-    assert type(approve).__name__ == "ApprovalOperator" and approve.defaults == ["Reject"]
+    assert isinstance(approve, ApprovalOperator) and approve.defaults == ["Reject"]
     assert approve.response_timeout.total_seconds() == 24 * 3600
+    # A rejection (or a timeout) skips only the direct downstream task, promote: record must still tag it.
+    assert approve.ignore_downstream_trigger_rules is False
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("record").trigger_rule == "none_failed"
     route = dag.get_task("route").python_callable

@@ -19,6 +19,19 @@ from airflow.sdk import dag, task
 from mlops_pipeline.settings import PromotionSettings, from_env
 
 SETTINGS = from_env(PromotionSettings)  # read while the file is parsed: the approval's timeout
+ANSWER = "answer"  # the approve task's XCom key with the person's answer (who, what, when, timed out)
+
+
+class Approval(ApprovalOperator):
+    """Airflow's ApprovalOperator, its answer also kept under the XCom key ANSWER: on Reject (or a timeout, which
+    answers Reject) it skips promote by raising, so its return value, who answered and when, never reaches XCom."""
+
+    def execute_complete(self, context, event):  # noqa: ANN001, ANN201 - ApprovalOperator's signature
+        kept = {key: event.get(key) for key in ("chosen_options", "responded_by_user", "timedout")}
+        responded_at = event.get("responded_at")
+        kept["responded_at"] = responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at
+        context["ti"].xcom_push(key=ANSWER, value=kept)
+        return super().execute_complete(context=context, event=event)
 
 
 @dag(
@@ -45,12 +58,13 @@ def promote_challenger() -> None:
             return "record"
         return "promote" if verdict["approval"] == "auto" else "approve"
 
-    approve = ApprovalOperator(
+    approve = Approval(
         task_id="approve",
         subject="Promote challenger {{ ti.xcom_pull(task_ids='compare')['challenger'] }} to champion?",
         body="{{ ti.xcom_pull(task_ids='compare')['summary'] }}",
         defaults="Reject",  # what a timeout answers
         response_timeout=timedelta(hours=SETTINGS.promotion_approval_hours),
+        ignore_downstream_trigger_rules=False,  # a rejection skips promote only; record still tags the decision
     )
 
     @task(trigger_rule="none_failed_min_one_success")  # after an approval, or straight from route (auto)
@@ -59,7 +73,7 @@ def promote_challenger() -> None:
         from mlops_pipeline import promotion, train
 
         train.connect(from_env(PromotionSettings))
-        return promotion.promote(verdict, ti.xcom_pull(task_ids="approve"))
+        return promotion.promote(verdict, ti.xcom_pull(task_ids="approve", key=ANSWER))
 
     @task(trigger_rule="none_failed")  # after a promotion, a rejection (promote skipped) or a verdict of not ready
     def record(verdict: dict, ti=None) -> dict:  # noqa: ANN001
@@ -67,7 +81,8 @@ def promote_challenger() -> None:
         from mlops_pipeline import promotion, train
 
         train.connect(from_env(PromotionSettings))
-        return promotion.record(verdict, ti.xcom_pull(task_ids="approve"), ti.xcom_pull(task_ids="promote"))
+        answer = ti.xcom_pull(task_ids="approve", key=ANSWER)
+        return promotion.record(verdict, answer, ti.xcom_pull(task_ids="promote"))
 
     verdict = compare()
     routed, promoted, recorded = route(verdict), promote(verdict), record(verdict)
