@@ -27,6 +27,9 @@ from scripts.stackenv import ROOT, settings, urls, wait_for
 
 TRAIN_DAG, MONITOR_DAG, PROMOTE_DAG = "mlops_pipeline", "monitor_model", "promote_challenger"
 # make rollback: registry.rollback in the scheduler's container, which has the package and MLflow's credentials.
+# Airflow 3.3 fails the approval task when the answer lands before the scheduler has handled the end of the process
+# that asked (seen in test_stack 3i: answered 0.1 s after the question). A person is never that quick; this script is.
+ANSWER_AFTER_SECONDS = 5
 ROLLBACK = ["docker", "compose", "exec", "-T", "airflow-scheduler", "python", "-m", "mlops_pipeline.registry"]
 
 
@@ -114,6 +117,7 @@ def approve(stack: Stack, screenshot: Path | None = None, timeout: float = 300, 
             say(f"     {line}")
         if screenshot is not None:
             required_actions(stack, asked[0]["subject"], screenshot)
+        time.sleep(ANSWER_AFTER_SECONDS)
         airflow.answer(PROMOTE_DAG, dag_run, asked[0]["task_instance"]["task_id"], option)
         say(f"   answered {option} through Airflow's REST API as {stack.cfg.get('AIRFLOW_ADMIN_USERNAME') or 'admin'}")
     if airflow.wait_for_run(PROMOTE_DAG, dag_run, timeout=timeout, progress=False) != "success":
